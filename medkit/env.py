@@ -1,0 +1,123 @@
+"""Where are we running, and on what: platform detection, device and precision choice.
+
+Kaggle is recognised by ``KAGGLE_KERNEL_RUN_TYPE``, Colab by ``google.colab`` in ``sys.modules``.
+Precision follows the device, not ``torch.cuda.is_bf16_supported()`` (which says True on a T4 through
+emulation): bf16 autocast on compute capability >= 8, fp16 autocast + GradScaler below, fp32 on CPU.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+KAGGLE_BUDGET_S = 11 * 3600 + 15 * 60  # Kaggle stops a session at 12 h; leave 45 min for saving
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def on_kaggle() -> bool:
+    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ
+
+
+def on_colab() -> bool:
+    return "google.colab" in sys.modules
+
+
+def platform() -> str:
+    """'kaggle', 'colab' or 'local'."""
+    return "kaggle" if on_kaggle() else "colab" if on_colab() else "local"
+
+
+def default_budget_s() -> float | None:
+    """Wall-clock budget for one training call: 11 h 15 min on Kaggle, none elsewhere."""
+    return float(KAGGLE_BUDGET_S) if on_kaggle() else None
+
+
+def default_run_root() -> Path:
+    """Where run directories go when a notebook is given none."""
+    if on_kaggle():
+        return Path("/kaggle/working/runs")
+    if on_colab():
+        return Path("/content/runs")
+    return REPO_ROOT / "checkpoints" if (REPO_ROOT / "pyproject.toml").exists() else Path("checkpoints")
+
+
+def cache_root() -> Path:
+    """Slice and latent caches: ``$MEDKIT_CACHE`` or ``~/.cache/medkit`` (``/tmp`` on Kaggle, whose
+    /kaggle/working is saved as the notebook's output)."""
+    if os.environ.get("MEDKIT_CACHE"):
+        return Path(os.environ["MEDKIT_CACHE"])
+    if on_kaggle():
+        return Path("/tmp/medkit-cache")
+    return Path.home() / ".cache" / "medkit"
+
+
+def check_cuda_arch(device_index: int = 0) -> None:
+    """Stop early, with a fix, when the installed torch has no kernels for this GPU.
+
+    Kaggle's default image ships a torch without sm_60 kernels, so on a P100 the first CUDA op fails
+    with an opaque "no kernel image is available". A build runs a GPU when it carries a cubin of the
+    same major version and a minor version <= the device's, or PTX (``compute_XY``) <= the device's.
+    """
+    if not torch.cuda.is_available():
+        return
+    major, minor = torch.cuda.get_device_capability(device_index)
+    archs = torch.cuda.get_arch_list()
+    ok = False
+    for a in archs:
+        kind, _, num = a.partition("_")
+        if not num.isdigit():
+            continue
+        amaj, amin = int(num[:-1]), int(num[-1])
+        if kind == "sm" and amaj == major and amin <= minor:
+            ok = True
+        if kind == "compute" and (amaj, amin) <= (major, minor):
+            ok = True
+    if not ok:
+        name = torch.cuda.get_device_name(device_index)
+        raise RuntimeError(
+            f"This torch {torch.__version__} has no kernels for the {name} (compute capability "
+            f"sm_{major}{minor}); it was built for {', '.join(archs) or 'no GPU'}. On Kaggle choose the "
+            f"'GPU T4 x2' accelerator instead of the P100, or install a torch built for sm_{major}{minor}, "
+            f"e.g. `pip install torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121` "
+            f"(the last CUDA 12.1 builds include sm_60)."
+        )
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, or CUDA when present (after checking its kernels), else the CPU."""
+    if device is not None and str(device) != "auto":
+        dev = torch.device(device)
+    else:
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda":
+        check_cuda_arch(dev.index or 0)
+    return dev
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for ``precision`` ('auto', 'fp32', 'fp16', 'bf16'); None means fp32.
+
+    'auto': fp32 on CPU, bf16 on CUDA capability >= 8 (A100, H100, L4), fp16 below (T4, V100, P100).
+    """
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"precision={precision!r}: use 'auto', 'fp32', 'fp16' or 'bf16'")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        if device.type == "cuda" and torch.cuda.get_device_capability(device.index or 0)[0] < 8:
+            raise ValueError("precision='bf16' needs a GPU of compute capability >= 8; this one has no "
+                             "bf16 units (T4/P100/V100). Use 'fp16' or 'auto'.")
+        return torch.bfloat16
+    return torch.bfloat16 if torch.cuda.get_device_capability(device.index or 0)[0] >= 8 else torch.float16
+
+
+def describe() -> str:
+    """One line about the machine, for notebook headers."""
+    dev = "cpu"
+    if torch.cuda.is_available():
+        dev = f"{torch.cuda.get_device_name(0)} (sm_{''.join(map(str, torch.cuda.get_device_capability(0)))})"
+    return f"medkit on {platform()}: torch {torch.__version__}, device {dev}, {os.cpu_count()} CPU cores"

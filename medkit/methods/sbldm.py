@@ -1,0 +1,205 @@
+"""SBLDM as planned in the seed: 2D slice latent diffusion for MRI.
+
+Origin: Kebaili, Lapuyade-Lahorgue, Vera, Ruan, "3D MRI Synthesis with Slice-Based Latent Diffusion
+Models", ISBI 2024 (arXiv 2406.05421). That paper stacks per-slice latents into a volume for a 3D
+UNet; this module is the 2D pipeline of the seed plan, *not* a reproduction of that paper.
+
+Stage 1 - VAE (Kingma & Welling; LDM, Rombach et al., arXiv 2112.10752). An encoder E maps a slice
+x in [-1, 1]^{1xHxW} to q(z|x) = N(mu, sigma^2) with z in R^{4 x H/4 x W/4}; a decoder D maps back:
+
+    L_VAE = || D(z) - x ||^2 + beta_KL * KL(q(z|x) || N(0, I)),   z = mu + sigma * eps
+
+with beta_KL raised linearly from 0 over the first ``kl_warmup`` fraction of steps (KL annealing).
+
+Latent scale. Latents are multiplied by s = 1 / std(z) over the training set (LDM sec. 4.3.2), so the
+diffusion model sees unit-variance data as its noise schedule assumes; s is stored with the run.
+
+Stage 2 - latent DDPM (Ho et al., arXiv 2006.11239) on z0 = s * z, eps-prediction:
+
+    x_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps,   L_LDM = E_{t, eps} || eps - eps_theta(x_t, t) ||^2
+
+with T = 1000 and a linear [1e-4, 0.02] or cosine beta schedule.
+
+Stage 3 - sampling: DDIM (Song et al., arXiv 2010.02502), 50 steps, eta = 0, trailing timestep
+spacing, then x = D(z0 / s).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import diffusion, nets
+
+# ---------------------------------------------------------------------------------------------
+# Profiles: smoke (CI, seconds on a CPU), cpu-demo (minutes on a laptop CPU), t4 (the seed's
+# settings on one 16 GB T4). A notebook's parameters override single entries.
+# ---------------------------------------------------------------------------------------------
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        image_size=32, vae_channels=(8, 16, 16), vae_res_blocks=1, vae_groups=8, vae_batch=16,
+        vae_steps=12, vae_lr=2e-3,
+        unet_channels=(16, 16, 32), unet_res_blocks=1, unet_groups=8, unet_head_channels=8, dropout=0.0,
+        ldm_batch=16, ldm_steps=12, ldm_lr=1e-3, warmup_steps=2,
+        ckpt_every=5, n_samples=16, sampling_steps=5, precision="fp32", gradient_checkpointing=False,
+    ),
+    "cpu-demo": dict(
+        image_size=64, vae_channels=(32, 64, 64), vae_res_blocks=1, vae_groups=16, vae_batch=16,
+        vae_steps=700, vae_lr=2e-3,
+        unet_channels=(32, 64, 64), unet_res_blocks=1, unet_groups=16, unet_head_channels=16, dropout=0.0,
+        ldm_batch=32, ldm_steps=1200, ldm_lr=1e-3, warmup_steps=50,
+        ckpt_every=200, n_samples=16, sampling_steps=50, precision="auto", gradient_checkpointing=False,
+    ),
+    "t4": dict(
+        image_size=128, vae_channels=(64, 128, 256), vae_res_blocks=2, vae_groups=32, vae_batch=32,
+        vae_steps=20_000, vae_lr=1e-4,
+        unet_channels=(64, 128, 256), unet_res_blocks=2, unet_groups=32, unet_head_channels=32, dropout=0.1,
+        ldm_batch=16, ldm_steps=50_000, ldm_lr=2e-4, warmup_steps=500,
+        ckpt_every=1000, n_samples=64, sampling_steps=50, precision="auto", gradient_checkpointing=True,
+    ),
+}
+COMMON: dict[str, Any] = dict(
+    data="mni152",            # "mni152" (embedded real MRI) or a folder of NIfTI volumes
+    latent_channels=4,        # the seed's 4 latent channels
+    kl_weight=1e-6,           # beta_KL (KL summed over latent elements, averaged over the batch)
+    kl_warmup=0.2,            # fraction of VAE steps over which beta_KL rises from 0
+    beta_schedule="linear",   # "linear" [1e-4, 0.02] | "cosine"
+    num_train_timesteps=1000,
+    ema_decay=0.999,
+    sampling_eta=0.0,
+    seed=0,
+)
+
+
+def config(profile: str = "cpu-demo", **overrides) -> dict:
+    """The resolved settings: the profile's, with every override that is not None applied."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r}: use one of {sorted(PROFILES)}")
+    cfg = {"method": "sbldm", "profile": profile, **COMMON, **PROFILES[profile]}
+    unknown = sorted(k for k in overrides if k not in cfg)
+    if unknown:
+        raise ValueError(f"unknown SBLDM setting(s) {unknown}; known: {sorted(cfg)}")
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    for k in ("vae_channels", "unet_channels"):
+        cfg[k] = tuple(cfg[k])
+    if cfg["image_size"] % 2 ** (len(cfg["vae_channels"]) - 1):
+        raise ValueError(f"image_size={cfg['image_size']} must be divisible by the VAE's downsampling "
+                         f"factor {2 ** (len(cfg['vae_channels']) - 1)}")
+    return cfg
+
+
+# --------------------------------------------------------------------------------------- VAE
+def build_vae(cfg: dict) -> torch.nn.Module:
+    return nets.make_vae(spatial_dims=2, in_channels=1, latent_channels=cfg["latent_channels"],
+                         channels=cfg["vae_channels"], num_res_blocks=cfg["vae_res_blocks"],
+                         norm_num_groups=cfg["vae_groups"],
+                         gradient_checkpointing=cfg["gradient_checkpointing"])
+
+
+def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)), summed over latent elements, mean over the batch."""
+    kl = 0.5 * (mu.pow(2) + sigma.pow(2) - 2 * torch.log(sigma) - 1)
+    return kl.flatten(1).sum(1).mean()
+
+
+def vae_loss(vae, batch, step: int, cfg: dict):
+    """L_VAE = MSE(D(z), x) + beta_KL(step) * KL; returns (loss, parts to log)."""
+    x = batch["image"]
+    x_hat, mu, sigma = vae(x)
+    rec = F.mse_loss(x_hat.float(), x.float())
+    kl = kl_divergence(mu.float(), sigma.float())
+    warm = max(1, int(cfg["kl_warmup"] * cfg["vae_steps"]))
+    beta_kl = cfg["kl_weight"] * min(1.0, step / warm)
+    return rec + beta_kl * kl, {"mse": rec.detach(), "kl": kl.detach()}
+
+
+@torch.no_grad()
+def encode(vae, images: torch.Tensor, batch_size: int = 64, device="cpu"):
+    """Posterior mean and std of every image: (mu, sigma), each (N, C, h, w) on the CPU."""
+    vae.eval()
+    mus, sigmas = [], []
+    for i in range(0, len(images), batch_size):
+        mu, sigma = vae.encode(images[i:i + batch_size].to(device))
+        mus.append(mu.float().cpu())
+        sigmas.append(sigma.float().cpu())
+    return torch.cat(mus), torch.cat(sigmas)
+
+
+@torch.no_grad()
+def reconstruct(vae, images: torch.Tensor, batch_size: int = 64, device="cpu") -> torch.Tensor:
+    """D(mu(x)): the deterministic reconstruction, clamped to [-1, 1]."""
+    vae.eval()
+    out = [vae.decode(vae.encode(images[i:i + batch_size].to(device))[0]).float().clamp(-1, 1).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Cached posteriors; each item is a fresh draw z0 = s * (mu + sigma * eps)."""
+
+    def __init__(self, mu: torch.Tensor, sigma: torch.Tensor, scale: float):
+        self.mu, self.sigma, self.scale = mu, sigma, float(scale)
+
+    def __len__(self):
+        return len(self.mu)
+
+    def __getitem__(self, i):
+        return self.scale * (self.mu[i] + self.sigma[i] * torch.randn_like(self.mu[i]))
+
+
+def latent_scale(mu: torch.Tensor, sigma: torch.Tensor, seed: int = 0) -> float:
+    """s = 1 / std(z) over one draw of z ~ q(z|x) for the whole training set."""
+    g = torch.Generator().manual_seed(seed)
+    z = mu + sigma * torch.randn(mu.shape, generator=g)
+    return 1.0 / z.std().item()
+
+
+# ------------------------------------------------------------------------------ latent diffusion
+def build_unet(cfg: dict) -> torch.nn.Module:
+    return nets.make_unet(spatial_dims=2, in_channels=cfg["latent_channels"], channels=cfg["unet_channels"],
+                          num_res_blocks=cfg["unet_res_blocks"], num_head_channels=cfg["unet_head_channels"],
+                          norm_num_groups=cfg["unet_groups"], dropout=cfg["dropout"],
+                          gradient_checkpointing=cfg["gradient_checkpointing"])
+
+
+def build_scheduler(cfg: dict, kind: str = "ddim"):
+    return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"],
+                                    beta_schedule=cfg["beta_schedule"])
+
+
+def ldm_loss(unet, z0: torch.Tensor, step: int, scheduler):
+    """L_LDM: t ~ U{0..T-1}, eps ~ N(0, I), x_t = q(x_t | z0), MSE(eps_theta(x_t, t), eps)."""
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), device=z0.device)
+    eps = torch.randn_like(z0)
+    x_t = diffusion.add_noise(scheduler, z0, eps, t)
+    eps_theta = unet(x_t, t)
+    return F.mse_loss(eps_theta.float(), diffusion.training_target(scheduler, z0, eps, t).float())
+
+
+def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, floor: float = 0.1):
+    """Linear warm-up to the base LR, then cosine decay to ``floor`` x base LR."""
+    def f(step):
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        p = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
+
+
+@torch.no_grad()
+def sample(unet, vae, scheduler, n: int, latent_shape, scale: float, *, steps: int = 50, eta: float = 0.0,
+           seed: int = 0, device="cpu", batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """n slices: DDIM from x_T ~ N(0, I) in latent space, then x = D(z0 / s), clamped to [-1, 1]."""
+    unet.eval()
+    vae.eval()
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(0, n, batch_size):
+        b = min(batch_size, n - i)
+        z0 = diffusion.sample(lambda x, t: unet(x, t), scheduler, (b, *latent_shape),
+                              num_inference_steps=steps, eta=eta, generator=g, device=device,
+                              progress=progress)
+        out.append(vae.decode(z0 / scale).float().clamp(-1, 1).cpu())
+    return torch.cat(out)

@@ -1,0 +1,71 @@
+"""Run a method's notebooks, in order, with papermill, into one run directory."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import env
+from .run import RunDir
+
+NOTEBOOK_DIR = env.REPO_ROOT / "notebooks"
+PIPELINES = {
+    "sbldm": ["01_vae", "02_latent_diffusion", "03_sampling", "04_evaluation"],
+}
+
+
+class NotebookFailed(RuntimeError):
+    pass
+
+
+def notebook_path(method: str, stage: str) -> Path:
+    p = NOTEBOOK_DIR / method / f"{stage}.ipynb"
+    if not p.exists():
+        raise FileNotFoundError(f"{p} not found: `python -m medkit run` needs the repository checkout "
+                                "(the notebooks are not part of the installed package).")
+    return p
+
+
+def run_pipeline(method: str, profile: str, out, params: dict | None = None, stages=None,
+                 kernel_name: str = "python3", log=print) -> dict:
+    """Execute the method's notebooks into ``out/notebooks/`` with ``profile`` and ``run_dir=out``.
+
+    Every stage resumes from its own checkpoints, so running the same command again after an
+    interruption continues where it stopped. Returns the run's metrics.json (with ``wall_seconds``).
+    """
+    import papermill as pm
+
+    if method not in PIPELINES:
+        raise ValueError(f"unknown method {method!r}; available: {sorted(PIPELINES)}")
+    stages = stages or PIPELINES[method]
+    unknown = [s for s in stages if s not in PIPELINES[method]]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown} for {method}; stages: {PIPELINES[method]}")
+    # The "python3" kernelspec a pip-installed ipykernel writes runs `python` from PATH: make that
+    # this interpreter (the virtual environment's), not whichever python comes first on the PATH.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    run = RunDir(out)
+    nb_dir = run.path / "notebooks"
+    nb_dir.mkdir(exist_ok=True)
+    t0 = time.perf_counter()
+    for stage in stages:
+        src = notebook_path(method, stage)
+        dst = nb_dir / src.name
+        t = time.perf_counter()
+        log(f"[medkit] {method} {stage} (profile {profile}) -> {dst}")
+        try:
+            pm.execute_notebook(str(src), str(dst), parameters={"profile": profile, "run_dir": str(run.path), **(params or {})},
+                                kernel_name=kernel_name, cwd=str(src.parent), progress_bar=False,
+                                log_output=False)
+        except pm.PapermillExecutionError as e:
+            raise NotebookFailed(f"{method}/{stage} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
+                                 f"The executed notebook with the traceback: {dst}. Run the same command "
+                                 "again to resume after fixing the cause.") from None
+        log(f"[medkit] {stage} done in {time.perf_counter() - t:.1f} s")
+    wall = time.perf_counter() - t0
+    m = run.update_metrics(None, None, wall_seconds=wall, profile=profile, method=method)
+    log(f"[medkit] {method} finished in {wall:.1f} s; results in {run.path / 'metrics.json'}")
+    log(json.dumps({k: m[k] for k in m if k in ("vae", "ldm", "sampling")}, indent=1))
+    return m

@@ -1,0 +1,44 @@
+"""Training: one resumable loop (``Trainer``) and atomic, verifiable checkpoints.
+
+Later stages load what earlier ones trained with ``load_weights(run_dir, stage, model)``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from medkit.train.checkpoint import (CheckpointError, find_resumable, load_checkpoint, load_tensors, read_meta,
+                                     save_checkpoint)
+from medkit.train.loop import ConfigMismatchError, NonFiniteLossError, Trainer, TrainResult
+
+__all__ = ["Trainer", "TrainResult", "ConfigMismatchError", "NonFiniteLossError", "CheckpointError",
+           "save_checkpoint", "load_checkpoint", "find_resumable", "load_weights"]
+
+
+def load_weights(run_dir, stage: str, model: nn.Module, ema: bool = True, log=print) -> dict:
+    """Load the newest valid checkpoint of ``stage`` in ``run_dir`` into ``model``; return its meta.
+
+    ``ema=True`` loads the EMA weights when the checkpoint has them (the ones to sample or encode
+    with), else the raw weights. Only the weights are read, not the optimizer state.
+    """
+    ckpt_dir = Path(run_dir) / "checkpoints" / stage
+    path = find_resumable(ckpt_dir, log=log)
+    if path is None:
+        raise CheckpointError(
+            f"no trained '{stage}' weights: {ckpt_dir} holds no valid checkpoint. Run the notebook that trains "
+            f"the '{stage}' stage first (e.g. run the VAE notebook before the latent diffusion one), with the "
+            f"same run_dir, or pass the run_dir of the run that trained it.")
+    meta = read_meta(path)
+    group = "ema" if ema and (path / "ema.safetensors").exists() else "model"
+    tensors = load_tensors(path, group, verify=False)  # find_resumable just verified the manifest
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path / (group + '.safetensors')} does not fit this model (different architecture "
+                              f"or config than the run that trained '{stage}'): {e}") from e
+    if not meta.get("finished", True):
+        log(f"note: '{stage}' in {run_dir} stopped at step {meta.get('step')}/{meta.get('max_steps')} "
+            f"(not finished); using those weights")
+    meta = dict(meta, checkpoint=str(path), weights=group)
+    return meta

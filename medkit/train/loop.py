@@ -1,0 +1,576 @@
+"""``Trainer``: the one training loop every medkit method uses.
+
+Built for sessions that die (Kaggle/Colab kill a notebook after ~12 h or on idle): ``fit`` resumes
+by itself from the newest valid checkpoint of its run directory, and a resumed run is bit-identical
+on the CPU to one that was never interrupted. That works because everything random is either
+restored (torch/CUDA/python/numpy RNG, saved at a step boundary) or derived from ``(seed, epoch)``
+(data order), and because the partial logging window is saved too, so even the logged losses match.
+
+Layout under ``run_dir``::
+
+    checkpoints/<stage>/step_00000500/ ...   (see ``checkpoint.py``)
+    logs/<stage>.jsonl                       one JSON line per logged step
+    figures/<stage>_loss.png                 loss curve, redrawn at each checkpoint and at the end
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import math
+import os
+import random
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from medkit import env
+from medkit.train.checkpoint import (CheckpointError, clean_temp_dirs, load_checkpoint, resume_candidates,
+                                     save_checkpoint)
+from medkit.train.data import batch_stream
+
+DEFAULT_IGNORE = ("run_dir", "budget_s", "log_every", "ckpt_every", "keep", "device")
+
+
+class ConfigMismatchError(RuntimeError):
+    """The checkpoint found in run_dir was trained with a different configuration."""
+
+    def __init__(self, message: str, differences: dict[str, tuple[Any, Any]]):
+        super().__init__(message)
+        self.differences = differences
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss was nan/inf for too many consecutive steps."""
+
+
+@dataclass
+class TrainResult:
+    step: int                      # optimizer steps done in total (across resumes)
+    finished: bool                 # reached max_steps
+    reason: str                    # "done" | "budget"
+    last_loss: float | None        # mean loss of the last logging window
+    resumed_from: int | None       # checkpoint step this call resumed from, None for a fresh start
+    seconds: float                 # wall time of this fit() call
+    skipped_steps: int             # steps skipped in this call (non-finite loss + fp16 overflow)
+    overhead_seconds: float = 0.0  # of `seconds`: checkpointing, logging, plotting, EMA updates
+    overhead: dict[str, float] = field(default_factory=dict)  # the same, per kind
+    steps_run: int = 0             # optimizer steps done in this call
+    checkpoints: int = 0           # checkpoints written in this call
+
+
+# ----------------------------------------------------------------------------------------- config
+
+def _jsonable(obj):
+    """Config as JSON would round-trip it (Paths, dtypes, tuples -> strings/lists)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _ignored(key: str, ignore) -> bool:
+    return any(key == ig or key.startswith(ig + ".") for ig in ignore)
+
+
+def config_hash(config: dict, ignore=DEFAULT_IGNORE) -> str:
+    """sha256 (16 hex) of the config minus ignored keys (top-level names or dotted paths)."""
+    flat = {k: v for k, v in _flatten(_jsonable(config)).items() if not _ignored(k, ignore)}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def config_diff(old: dict, new: dict, ignore=DEFAULT_IGNORE) -> dict[str, tuple[Any, Any]]:
+    a, b = _flatten(_jsonable(old)), _flatten(_jsonable(new))
+    missing = "<absent>"
+    return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+            if not _ignored(k, ignore) and a.get(k, missing) != b.get(k, missing)}
+
+
+# ------------------------------------------------------------------------------------------ utils
+
+def _to_device(batch, device: torch.device, non_blocking: bool):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=non_blocking)
+    if isinstance(batch, dict):
+        return type(batch)((k, _to_device(v, device, non_blocking)) for k, v in batch.items())
+    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
+        return type(batch)(*(_to_device(v, device, non_blocking) for v in batch))
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device, non_blocking) for v in batch)
+    return batch
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def _versions() -> dict[str, str]:
+    try:
+        mk = getattr(importlib.import_module("medkit"), "__version__", None)
+    except Exception:
+        mk = None
+    if mk is None:
+        try:
+            from importlib.metadata import version
+            mk = version("medkit")
+        except Exception:
+            mk = "unknown"
+    return {"medkit": str(mk), "torch": torch.__version__}
+
+
+def _py_random_to_json(state) -> list:
+    version, internal, gauss = state
+    return [version, list(internal), gauss]
+
+
+def _py_random_from_json(obj) -> tuple:
+    version, internal, gauss = obj
+    return (version, tuple(internal), gauss)
+
+
+def _np_random_to_json(state) -> list:
+    name, keys, pos, has_gauss, cached = state
+    return [name, keys.tolist(), int(pos), int(has_gauss), float(cached)]
+
+
+def _np_random_from_json(obj) -> tuple:
+    name, keys, pos, has_gauss, cached = obj
+    return (name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached)
+
+
+def _default_log(msg: str) -> None:
+    from tqdm.auto import tqdm
+    tqdm.write(msg)
+
+
+# ---------------------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """Train ``model`` with ``optimizer`` for ``max_steps`` optimizer steps, resumably.
+
+    ``config`` is the run's resolved configuration; it is stored in every checkpoint, and resuming
+    a checkpoint trained under a different one (ignoring ``ignore_config_keys``) raises
+    ``ConfigMismatchError`` unless ``resume="force"``. ``max_steps`` is not part of it, so a
+    finished run can be extended by calling again with a larger ``max_steps``.
+
+    ``seed``: seeds torch/python/numpy RNGs at a fresh start (dropout, noise) and the data order.
+    ``resume``: "auto" (continue from the newest valid checkpoint if any), "force" (the same, even
+    if the config differs), "never" (start fresh; refuses if checkpoints exist, to protect them).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir, stage: str,
+                 config: dict, max_steps: int, lr_scheduler=None, ema_decay: float | None = 0.999,
+                 precision: str = "auto", grad_accum: int = 1, clip_grad: float | None = 1.0,
+                 ckpt_every: int = 500, keep: int = 3, log_every: int = 10, budget_s="auto", seed: int = 0,
+                 device=None, ignore_config_keys=DEFAULT_IGNORE, progress: bool = True,
+                 resume: str = "auto", max_nonfinite: int = 5, plot: bool = True,
+                 log: Callable[[str], None] | None = None):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(stage)):
+            raise ValueError(f"stage={stage!r}: use letters, digits, '_', '-', '.' (it names files and folders)")
+        if resume not in ("auto", "force", "never"):
+            raise ValueError(f"resume={resume!r}: use 'auto', 'force' or 'never'")
+        for name, v in (("max_steps", max_steps), ("grad_accum", grad_accum), ("ckpt_every", ckpt_every),
+                        ("keep", keep), ("log_every", log_every), ("max_nonfinite", max_nonfinite)):
+            if not isinstance(v, int) or v < (0 if name == "max_steps" else 1):
+                raise ValueError(f"{name}={v!r}: must be an integer >= {0 if name == 'max_steps' else 1}")
+        if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
+            raise ValueError(f"ema_decay={ema_decay}: must be in [0, 1] (typically 0.999-0.9999), or None for no EMA")
+        if not isinstance(config, dict):
+            raise TypeError(f"config must be a dict (got {type(config).__name__})")
+
+        self.device = env.pick_device(device)
+        self.model = model.to(self.device)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.run_dir = Path(run_dir)
+        self.stage = stage
+        self.config = config
+        self.max_steps = max_steps
+        self.ema_decay = ema_decay
+        self.precision = precision
+        self.grad_accum = grad_accum
+        self.clip_grad = clip_grad
+        self.ckpt_every, self.keep, self.log_every = ckpt_every, keep, log_every
+        self.budget_s = env.default_budget_s() if budget_s == "auto" else budget_s
+        self.seed = seed
+        self.ignore_config_keys = tuple(ignore_config_keys)
+        self.progress = progress
+        self.resume = resume
+        self.max_nonfinite = max_nonfinite
+        self.plot = plot
+        self.log = log or _default_log
+
+        self.amp_dtype = env.autocast_dtype(self.device, precision)
+        self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+                    if ema_decay is not None else None)
+
+        self.ckpt_dir = self.run_dir / "checkpoints" / stage
+        self.log_path = self.run_dir / "logs" / f"{stage}.jsonl"
+        self.fig_path = self.run_dir / "figures" / f"{stage}_loss.png"
+
+        # progress state (all of it goes into trainer.json)
+        self.step = 0
+        self.epoch = 0
+        self.position = 0
+        self.seconds_trained = 0.0
+        self.nonfinite_total = 0
+        self.scaler_skipped_total = 0
+        self._consecutive_nonfinite = 0
+        self._last_loss: float | None = None
+        self._reset_window()
+
+    # ------------------------------------------------------------------ public helpers
+    @property
+    def ema_model(self) -> nn.Module:
+        """The EMA-averaged module, or the model itself when ``ema_decay`` is None."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def resolved_config(self, batch_size: int, dataset_len: int) -> dict:
+        """The user config plus the trainer settings that change the result (not max_steps/precision)."""
+        cfg = _jsonable(self.config)
+        cfg["_trainer"] = {"stage": self.stage, "batch_size": batch_size, "grad_accum": self.grad_accum,
+                           "seed": self.seed, "ema_decay": self.ema_decay, "clip_grad": self.clip_grad,
+                           "dataset_len": dataset_len}
+        return cfg
+
+    # ------------------------------------------------------------------ internals
+    def _reset_window(self):
+        self._win_n = 0
+        self._win_loss: Any = 0.0
+        self._win_extras: dict[str, Any] = {}
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _rng_state(self) -> dict:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return rng
+
+    def _meta(self) -> dict:
+        return {
+            "stage": self.stage, "step": self.step, "epoch": self.epoch, "position": self.position,
+            "max_steps": self.max_steps, "finished": self.step >= self.max_steps,
+            "python_random": _py_random_to_json(random.getstate()),
+            "numpy_random": _np_random_to_json(np.random.get_state()),
+            "config": self._config, "config_hash": self._config_hash,
+            "ignore_config_keys": list(self.ignore_config_keys),
+            "last_loss": self._last_loss, "seconds": self.seconds_trained,
+            "window": {"n": self._win_n, "loss": float(self._win_loss),
+                       "extras": {k: float(v) for k, v in self._win_extras.items()}},
+            "nonfinite_total": self.nonfinite_total, "scaler_skipped_total": self.scaler_skipped_total,
+            "consecutive_nonfinite": self._consecutive_nonfinite,
+            "versions": _versions(), "device": str(self.device),
+            "precision": str(self.amp_dtype or torch.float32),
+        }
+
+    def _save(self, t_fit: float) -> Path:
+        t = time.perf_counter()
+        self.seconds_trained = self._seconds_base + (t - t_fit)
+        tensors = {"model": self.model.state_dict()}
+        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(),
+                                 "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+                                 "scaler": self.scaler.state_dict() if self.scaler else None,
+                                 "rng": self._rng_state()}
+        if self.ema is not None:
+            tensors["ema"] = self.ema.module.state_dict()
+            state["ema_n_averaged"] = self.ema.n_averaged.detach().cpu()
+        path = save_checkpoint(self.ckpt_dir, self.step, tensors=tensors, state=state, meta=self._meta(),
+                               keep=self.keep)
+        self._last_ckpt_step = self.step
+        self._n_saved += 1
+        self._overhead["checkpoint"] += time.perf_counter() - t
+        return path
+
+    def _restore(self, tensors, state, meta) -> None:
+        self.model.load_state_dict(tensors["model"])
+        if self.ema is not None:
+            if "ema" in tensors:
+                self.ema.module.load_state_dict(tensors["ema"])
+                self.ema.n_averaged.copy_(state["ema_n_averaged"])
+            else:
+                self.log("checkpoint has no EMA weights; the EMA restarts from the current model")
+                self.ema.n_averaged.zero_()
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.lr_scheduler is not None:
+            if state.get("lr_scheduler") is None:
+                raise CheckpointError("the checkpoint has no LR scheduler state but an lr_scheduler was given; "
+                                      "pass the same scheduler setup as the run that wrote it")
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            if len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            else:
+                self.log(f"checkpoint has CUDA RNG states for {len(rng['cuda'])} GPUs, this machine has "
+                         f"{torch.cuda.device_count()}; CUDA RNG not restored (results will differ slightly)")
+        random.setstate(_py_random_from_json(meta["python_random"]))
+        np.random.set_state(_np_random_from_json(meta["numpy_random"]))
+        self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
+        self.seconds_trained = meta.get("seconds", 0.0)
+        self._last_loss = meta.get("last_loss")
+        self.nonfinite_total = meta.get("nonfinite_total", 0)
+        self.scaler_skipped_total = meta.get("scaler_skipped_total", 0)
+        self._consecutive_nonfinite = meta.get("consecutive_nonfinite", 0)
+        win = meta.get("window") or {"n": 0, "loss": 0.0, "extras": {}}
+        self._win_n, self._win_loss, self._win_extras = win["n"], win["loss"], dict(win["extras"])
+
+    def _truncate_log(self, step: int) -> None:
+        """Keep only log lines of steps <= ``step`` that are not end-of-call flushes ("partial")."""
+        if not self.log_path.exists():
+            return
+        kept = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if rec.get("step", math.inf) <= step and not rec.get("partial"):
+                kept.append(json.dumps(rec))
+        tmp = self.log_path.with_name(self.log_path.name + f".tmp-{os.getpid()}")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, self.log_path)
+
+    def _find_and_load(self, resolved: dict) -> int | None:
+        """Resume from the newest valid checkpoint; return its step, or None when starting fresh."""
+        clean_temp_dirs(self.ckpt_dir, self.log)
+        candidates = resume_candidates(self.ckpt_dir)
+        if self.resume == "never":
+            if candidates:
+                raise FileExistsError(
+                    f"resume='never' but {self.ckpt_dir} already holds checkpoints "
+                    f"({', '.join(p.name for p in candidates[:3])}...). Use a new run_dir, delete that folder, "
+                    f"or use resume='auto' to continue.")
+            return None
+        for path in candidates:
+            try:
+                tensors, state, meta = load_checkpoint(path)
+            except CheckpointError as e:
+                self.log(f"checkpoint: skipping {path.name}: {e}")
+                continue
+            if meta.get("config_hash") != self._config_hash:
+                diff = config_diff(meta.get("config", {}), resolved, self.ignore_config_keys)
+                lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
+                if self.resume != "force":
+                    raise ConfigMismatchError(
+                        f"{path} was trained with a different config:\n{lines or '  (hash differs)'}\n"
+                        f"Use a new run_dir to train with the new settings, or pass resume='force' to continue "
+                        f"this run with them (or add the key to ignore_config_keys if it does not affect "
+                        f"training).", diff)
+                self.log(f"resume='force': continuing {path.name} despite config changes:\n{lines}")
+            self._restore(tensors, state, meta)
+            self.log(f"resumed {self.stage} from {path.name} (step {self.step}/{self.max_steps})")
+            return self.step
+        if candidates:
+            self.log(f"no valid checkpoint in {self.ckpt_dir}; starting {self.stage} from scratch")
+        return None
+
+    def _write_log(self, t_fit: float, lr: float, grad_norm, partial: bool = False) -> None:
+        t = time.perf_counter()
+        n = self._win_n
+        loss = float(self._win_loss) / n if n else None
+        rec: dict[str, Any] = {"step": self.step, "epoch": self.epoch, "loss": _finite_or_none(loss), "lr": lr,
+                               "seconds": round(self._seconds_base + (t - t_fit), 3)}
+        for k, v in self._win_extras.items():
+            rec[k] = _finite_or_none(float(v) / n) if n else None
+        if grad_norm is not None:
+            rec["grad_norm"] = _finite_or_none(float(grad_norm))
+        if self.scaler is not None:
+            rec["scale"] = self.scaler.get_scale()
+            rec["scaler_skipped"] = self.scaler_skipped_total
+        if self.nonfinite_total:
+            rec["nonfinite_skipped"] = self.nonfinite_total
+        if partial:
+            rec["partial"] = True
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if loss is not None:
+            self._last_loss = loss
+        self._reset_window()
+        if self._pbar is not None and loss is not None:
+            self._pbar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        self._overhead["log"] += time.perf_counter() - t
+
+    def _plot(self) -> None:
+        if not self.plot:
+            return
+        t = time.perf_counter()
+        from medkit.train.plot import plot_loss_log
+        plot_loss_log(self.log_path, self.fig_path, title=f"{self.stage} loss")
+        self._overhead["plot"] += time.perf_counter() - t
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, dataset, batch_size: int, loss_fn: Callable, *, num_workers: int = 0) -> TrainResult:
+        """Train until ``max_steps`` (or the budget runs out), resuming from a checkpoint if there is one.
+
+        ``loss_fn(model, batch, step)`` returns a scalar loss tensor or ``(loss, {name: float})``;
+        ``batch`` is the DataLoader batch already on the device.
+        """
+        t_fit = time.perf_counter()
+        self._overhead = {"checkpoint": 0.0, "log": 0.0, "plot": 0.0, "ema": 0.0}
+        self._pbar = None
+        self._last_ckpt_step = None
+        self._n_saved = 0
+        resolved = self.resolved_config(batch_size, len(dataset))
+        self._config = resolved
+        self._config_hash = config_hash(resolved, self.ignore_config_keys)
+
+        resumed_from = self._find_and_load(resolved)
+        if resumed_from is None:
+            # a fresh start seeds every global RNG, so a run does not depend on what ran before it in the
+            # process (a resumed run restores them from the checkpoint instead)
+            torch.manual_seed(self.seed)
+            random.seed(self.seed)
+            np.random.seed(self.seed % 2**32)
+        self._last_ckpt_step = resumed_from
+        self._seconds_base = self.seconds_trained
+        skipped_before = self.nonfinite_total + self.scaler_skipped_total
+        start_step = self.step
+
+        def result(reason: str) -> TrainResult:
+            secs = time.perf_counter() - t_fit
+            return TrainResult(step=self.step, finished=self.step >= self.max_steps, reason=reason,
+                               last_loss=self._last_loss, resumed_from=resumed_from, seconds=secs,
+                               skipped_steps=self.nonfinite_total + self.scaler_skipped_total - skipped_before,
+                               overhead_seconds=sum(self._overhead.values()), overhead=dict(self._overhead),
+                               steps_run=self.step - start_step, checkpoints=self._n_saved)
+
+        if self.step >= self.max_steps:
+            if resumed_from is not None:
+                self.log(f"{self.stage}: already trained to step {self.step} (max_steps={self.max_steps}); "
+                         f"weights loaded, nothing to do")
+            return result("done")
+        self._truncate_log(self.step)  # the log must not run ahead of the checkpoint we continue from
+
+        from tqdm.auto import tqdm
+        self._pbar = tqdm(initial=self.step, total=self.max_steps, disable=not self.progress, desc=self.stage,
+                          dynamic_ncols=True)
+        stream = batch_stream(dataset, batch_size, seed=self.seed, epoch=self.epoch, position=self.position,
+                              num_workers=num_workers, pin_memory=self.device.type == "cuda")
+        non_blocking = self.device.type == "cuda"
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        reason = "done"
+        lr, grad_norm = float(self.optimizer.param_groups[0]["lr"]), None
+        last_finite: tuple[int, Any] | None = None
+        self.model.train()
+        try:
+            while self.step < self.max_steps:
+                if self.budget_s is not None and time.perf_counter() - t_fit > self.budget_s:
+                    reason = "budget"
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                step_loss: Any = 0.0
+                step_extras: dict[str, Any] = {}
+                for _ in range(self.grad_accum):
+                    self.epoch, self.position, batch = next(stream)
+                    batch = _to_device(batch, self.device, non_blocking)
+                    with self._autocast():
+                        out = loss_fn(self.model, batch, self.step)
+                    loss, extras = out if isinstance(out, tuple) else (out, {})
+                    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                        raise TypeError(f"loss_fn must return a scalar tensor or (scalar tensor, dict); got "
+                                        f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
+                    scaled = loss / self.grad_accum
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                    step_loss = step_loss + loss.detach().float() / self.grad_accum
+                    for k, v in extras.items():
+                        v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+                        step_extras[k] = step_extras.get(k, 0.0) + v / self.grad_accum
+
+                lr = float(self.optimizer.param_groups[0]["lr"])
+                log_step = (self.step + 1) % self.log_every == 0
+                if not bool(torch.isfinite(step_loss)):  # one host sync per optimizer step
+                    self.nonfinite_total += 1
+                    self._consecutive_nonfinite += 1
+                    if self._consecutive_nonfinite >= self.max_nonfinite:
+                        self._raise_nonfinite(last_finite, lr)
+                    stepped = False
+                else:
+                    self._consecutive_nonfinite = 0
+                    last_finite = (self.step, step_loss)
+                    if self.scaler is not None:
+                        self.scaler.unscale_(self.optimizer)
+                    if self.clip_grad is not None:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+                    elif log_step:
+                        grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+                    if self.scaler is not None:
+                        scale = self.scaler.get_scale()
+                        self.scaler.step(self.optimizer)
+                        self.scaler.update()
+                        stepped = self.scaler.get_scale() >= scale
+                        if not stepped:
+                            self.scaler_skipped_total += 1
+                    else:
+                        self.optimizer.step()
+                        stepped = True
+                    self._win_n += 1
+                    self._win_loss = self._win_loss + step_loss
+                    for k, v in step_extras.items():
+                        self._win_extras[k] = self._win_extras.get(k, 0.0) + v
+                if stepped and self.ema is not None:
+                    t = time.perf_counter()
+                    self.ema.update_parameters(self.model)
+                    self._overhead["ema"] += time.perf_counter() - t
+                if self.lr_scheduler is not None:  # also on skipped steps: the schedule follows the step count
+                    with warnings.catch_warnings():
+                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                        self.lr_scheduler.step()
+                self.step += 1
+                self._pbar.update(1)
+                if log_step:
+                    self._write_log(t_fit, lr, grad_norm)
+                if self.step % self.ckpt_every == 0:
+                    self._save(t_fit)
+                    self._plot()
+            # end of this call: final checkpoint (also at a budget stop), then flush the partial window
+            if self._last_ckpt_step != self.step:
+                self._save(t_fit)
+            if self._win_n:
+                self._write_log(t_fit, lr, grad_norm, partial=True)
+            self._plot()
+        finally:
+            self._pbar.close()
+            stream.close()
+        if reason == "budget":
+            self.log(f"{self.stage}: time budget of {self.budget_s:.0f} s used up at step {self.step}/"
+                     f"{self.max_steps}; checkpoint saved. Run again (a new session) to continue.")
+        return result(reason)
+
+    def _raise_nonfinite(self, last_finite, lr: float):
+        if last_finite is not None:
+            lf = f"{float(last_finite[1]):.6g} at step {last_finite[0]}"
+        else:
+            lf = f"{self._last_loss:.6g} (last logged)" if self._last_loss is not None else "none in this call"
+        prec = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[self.amp_dtype]
+        raise NonFiniteLossError(
+            f"{self.stage}: the loss was nan/inf for {self._consecutive_nonfinite} consecutive steps (up to step "
+            f"{self.step}); last finite loss: {lf}; lr {lr:.3g}; precision {prec}. Those steps were skipped and "
+            f"the last good checkpoint in {self.ckpt_dir} is kept. Try a lower learning rate (or a longer "
+            f"warm-up), gradient clipping (clip_grad), or precision='fp32' (fp16 overflows above 65504); "
+            f"also check the data for nan/inf.")

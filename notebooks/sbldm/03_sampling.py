@@ -1,0 +1,121 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # SBLDM 3/4 - sampling
+#
+# *SBLDM as planned in the seed* (origin: Kebaili et al., ISBI 2024,
+# [arXiv 2406.05421](https://arxiv.org/abs/2406.05421)). New slices come from pure noise
+# $x_T\sim\mathcal N(0, I)$ in latent space, denoised with DDIM (Song et al. 2021,
+# [arXiv 2010.02502](https://arxiv.org/abs/2010.02502)), 50 steps, $\eta=0$ (deterministic):
+#
+# $$\hat z_0 = \frac{x_t - \sqrt{1-\bar\alpha_t}\,\epsilon_\theta(x_t,t)}{\sqrt{\bar\alpha_t}},\qquad
+#   x_{t'} = \sqrt{\bar\alpha_{t'}}\,\hat z_0 + \sqrt{1-\bar\alpha_{t'}}\,\epsilon_\theta(x_t,t),$$
+#
+# over 50 timesteps with "trailing" spacing, which starts at $t=T-1$ where training ended (diffusers'
+# "leading" default starts at $t=980$, from slightly less noise than training assumed). The decoder then
+# maps $\hat z_0/s$ back to a slice. The seed's target: under 5 s per image on a T4.
+#
+# **How long:** `smoke` seconds; `cpu-demo` about 20 s on a 2-core CPU.
+
+# %% [markdown]
+# ## Setup
+
+# %%
+import importlib.util, os, subprocess, sys
+from pathlib import Path
+
+if importlib.util.find_spec("medkit") is None:
+    here = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "medkit" / "__init__.py").is_file()]
+    kaggle = [p.parent.parent for d in ("*", "*/*", "*/*/*") for p in Path("/kaggle/input").glob(f"{d}/medkit/__init__.py")]
+    if here or kaggle:
+        sys.path.insert(0, str((here or kaggle)[0]))
+    elif os.environ.get("MEDKIT_PIP"):
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ["MEDKIT_PIP"]], check=True)
+    else:
+        raise ImportError("medkit not found: run from the repository checkout, attach the medkit repository as a "
+                          "Kaggle dataset, or set MEDKIT_PIP to a pip spec of the repository.")
+    root = (here or kaggle or [None])[0]
+    if root is not None and importlib.util.find_spec("monai") is None:  # Kaggle/Colab images lack MONAI
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
+
+# %% tags=["parameters"]
+profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
+run_dir = ""           # the run directory of notebooks 1-2; "" = <run root>/sbldm-<profile>
+n_samples = None       # slices to generate; None = the profile's (16 smoke/cpu-demo, 64 t4)
+sampling_steps = None  # DDIM steps; None = the profile's (50)
+eta = 0.0              # DDIM eta: 0 deterministic, 1 DDPM-like ancestral noise
+seed = 0               # sampling seed: the same seed gives the same slices
+device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
+
+# %%
+import time
+
+import numpy as np
+import torch
+
+from medkit import env, viz
+from medkit.methods import sbldm
+from medkit.run import RunDir
+from medkit.train import load_weights
+
+print(env.describe())
+run = RunDir(run_dir, default_name=f"sbldm-{profile}")
+cfg = run.load_config("ldm", needed_by="sampling")
+n = n_samples or cfg["n_samples"]
+steps = sampling_steps or cfg["sampling_steps"]
+dev = env.pick_device(device)
+lat = run.metrics().get("latents")
+if not lat:
+    raise FileNotFoundError(f"{run / 'metrics.json'} has no 'latents' section: run notebook 2 with run_dir={str(run.path)!r}")
+
+# %% [markdown]
+# ## Models
+# The EMA weights of both networks, from the newest valid checkpoints of stages 1 and 2.
+
+# %%
+vae, unet = sbldm.build_vae(cfg), sbldm.build_unet(cfg)
+load_weights(run.path, "vae", vae, ema=True)
+load_weights(run.path, "ldm", unet, ema=True)
+vae, unet = vae.to(dev).eval(), unet.to(dev).eval()
+scheduler = sbldm.build_scheduler(cfg, "ddim")
+scheduler.set_timesteps(steps)
+print(f"DDIM, {steps} steps, eta {eta}: timesteps {scheduler.timesteps[:3].tolist()} ... {scheduler.timesteps[-2:].tolist()}")
+
+# %% [markdown]
+# ## Sample
+# `sbldm.sample` is an explicit loop over `scheduler.step` (see `medkit/diffusion/__init__.py`): the
+# network predicts $\epsilon$, the scheduler applies the DDIM update above.
+
+# %%
+if dev.type == "cuda":
+    torch.cuda.synchronize()
+t0 = time.perf_counter()
+generated = sbldm.sample(unet, vae, scheduler, n, tuple(lat["shape"]), lat["scale"], steps=steps, eta=eta,
+                         seed=seed, device=dev)
+if dev.type == "cuda":
+    torch.cuda.synchronize()
+seconds = time.perf_counter() - t0
+np.savez_compressed(run.samples / "generated.npz", images=generated.numpy(), seed=seed, steps=steps, eta=eta)
+run.update_metrics("sampling", {"seconds_per_image": seconds / n, "n": n, "steps": steps, "eta": eta,
+                                "device": str(dev), "seed": seed})
+print(f"{n} slices in {seconds:.1f} s: {seconds / n:.3f} s per image on {dev}")
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, ax = plt.subplots(figsize=(5, 5))
+ax.imshow(viz.grid(generated[:16]), cmap="gray", vmin=0, vmax=1); ax.axis("off"); ax.set_title("generated slices")
+fig.savefig(run.figures / "samples.png", dpi=110, bbox_inches="tight")

@@ -1,0 +1,126 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # SBLDM 4/4 - evaluation
+#
+# *SBLDM as planned in the seed* (origin: Kebaili et al., ISBI 2024,
+# [arXiv 2406.05421](https://arxiv.org/abs/2406.05421)). What this run produced, side by side with the
+# real data: the VAE's reconstruction quality on held-out slices (the ceiling for any sample), the
+# generated slices beside real ones, the latent statistics, intensity distributions, and a
+# memorisation check - for each generated slice, its most similar training slice (SSIM). A model
+# trained on one template brain can reproduce training slices; a nearest-neighbour SSIM near 1
+# says so honestly.
+#
+# Distribution metrics (FID/KID with confidence intervals) come with medkit's evaluation suite.
+#
+# **How long:** seconds.
+
+# %% [markdown]
+# ## Setup
+
+# %%
+import importlib.util, os, subprocess, sys
+from pathlib import Path
+
+if importlib.util.find_spec("medkit") is None:
+    here = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "medkit" / "__init__.py").is_file()]
+    kaggle = [p.parent.parent for d in ("*", "*/*", "*/*/*") for p in Path("/kaggle/input").glob(f"{d}/medkit/__init__.py")]
+    if here or kaggle:
+        sys.path.insert(0, str((here or kaggle)[0]))
+    elif os.environ.get("MEDKIT_PIP"):
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ["MEDKIT_PIP"]], check=True)
+    else:
+        raise ImportError("medkit not found: run from the repository checkout, attach the medkit repository as a "
+                          "Kaggle dataset, or set MEDKIT_PIP to a pip spec of the repository.")
+    root = (here or kaggle or [None])[0]
+    if root is not None and importlib.util.find_spec("monai") is None:  # Kaggle/Colab images lack MONAI
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
+
+# %% tags=["parameters"]
+profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
+run_dir = ""           # the run directory of notebooks 1-3; "" = <run root>/sbldm-<profile>
+
+# %%
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from medkit import data as mdata, env, metrics, viz
+from medkit.run import RunDir
+
+print(env.describe())
+run = RunDir(run_dir, default_name=f"sbldm-{profile}")
+cfg = run.load_config("ldm", needed_by="evaluation")
+path = run.samples / "generated.npz"
+if not path.exists():
+    raise FileNotFoundError(f"{path} is missing: run notebook 3 (sampling) with run_dir={str(run.path)!r}")
+generated = torch.from_numpy(np.load(path)["images"])
+cache = mdata.build_slice_cache(cfg["data"], cfg["image_size"], seed=cfg["seed"])
+train, val = mdata.SliceDataset(cache, "train").images, mdata.SliceDataset(cache, "val").images
+print(f"{len(generated)} generated, {len(train)} training and {len(val)} validation slices")
+
+# %% [markdown]
+# ## Gallery: generated beside real
+# 16 generated slices (left) beside 16 real slices spread evenly over the brain (right).
+
+# %%
+real = torch.cat([train, val])
+real16 = real[torch.linspace(0, len(real) - 1, 16).long()]
+viz.save_gallery(generated[:16], real16, run.figures / "gallery.png",
+                 title=f"SBLDM ({cfg['profile']} profile): generated (left) vs real (right)");
+
+# %% [markdown]
+# ## Intensity distributions and memorisation
+# Histograms of brain-voxel intensities (pixels above -0.9), and for each generated slice the SSIM to its
+# nearest training slice (and for each validation slice the same, as the reference for "new but similar").
+
+# %%
+def nearest_ssim(queries, refs):
+    best = []
+    for q in queries:
+        s = metrics.ssim(q[None].expand(len(refs), -1, -1, -1).contiguous(), refs, per_image=True)
+        best.append(s.max().item())
+    return torch.tensor(best)
+
+nn_gen, nn_val = nearest_ssim(generated, train), nearest_ssim(val, train)
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+for name, x in (("real", real), ("generated", generated)):
+    v = x[x > -0.9].numpy()
+    axes[0].hist(v, bins=60, density=True, histtype="step", label=name)
+axes[0].set_title("brain intensities"); axes[0].legend()
+axes[1].hist(nn_val.numpy(), bins=20, alpha=0.6, label="validation -> train")
+axes[1].hist(nn_gen.numpy(), bins=20, alpha=0.6, label="generated -> train")
+axes[1].set_title("SSIM to the nearest training slice"); axes[1].legend()
+fig.tight_layout(); fig.savefig(run.figures / "distributions.png", dpi=110)
+run.update_metrics("eval", {"nn_ssim_generated_mean": nn_gen.mean().item(), "nn_ssim_val_mean": nn_val.mean().item(),
+                            "brain_fraction_generated": (generated > -0.9).float().mean().item(),
+                            "brain_fraction_real": (real > -0.9).float().mean().item()})
+
+# %% [markdown]
+# ## Loss curves
+
+# %%
+viz.plot_losses({"VAE": viz.read_log(run / "logs" / "vae.jsonl"),
+                 "latent diffusion": viz.read_log(run / "logs" / "ldm.jsonl")}, run.figures / "loss_curves.png");
+
+# %% [markdown]
+# ## Summary
+# `metrics.json` in the run directory holds every number above; the figures are in `figures/`.
+
+# %%
+print(json.dumps(run.metrics(), indent=2))

@@ -1,0 +1,78 @@
+"""The SBLDM notebooks end to end under papermill (smoke profile), resume, and jupytext pairing."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*/*.py"))
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_jupytext_pair_in_sync(py):
+    import jupytext
+
+    nb = py.with_suffix(".ipynb")
+    assert nb.exists(), f"{nb} missing: run `make sync`"
+    strip = lambda text: [l for l in text.splitlines() if "jupytext_version" not in l]  # noqa: E731
+    from_ipynb = jupytext.writes(jupytext.read(nb), fmt="py:percent")
+    assert strip(from_ipynb) == strip(py.read_text()), f"{py} and {nb} differ: run `make sync`"
+    header = jupytext.read(py).metadata
+    assert header["kernelspec"]["name"] == "python3"
+    cells = jupytext.read(py).cells
+    assert sum("parameters" in c.metadata.get("tags", []) for c in cells) == 1
+    params = next(c for c in cells if "parameters" in c.metadata.get("tags", []))
+    assert params.source.lstrip().startswith("profile = "), "profile must be the first parameter"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "smoke"
+    cmd = [sys.executable, "-m", "medkit", "run", "sbldm", "--profile", "smoke", "--out", str(out)]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    return out, cmd
+
+
+def test_smoke_pipeline_outputs(smoke_run):
+    out, _ = smoke_run
+    m = json.loads((out / "metrics.json").read_text())
+    for section, key in [("vae", "ssim"), ("vae", "psnr"), ("ldm", "final_loss"),
+                         ("sampling", "seconds_per_image"), ("latents", "scale")]:
+        assert isinstance(m[section][key], float), (section, key)
+    assert m["wall_seconds"] > 0 and m["profile"] == "smoke"
+    assert -1.0 <= m["vae"]["ssim"] <= 1.0 and m["sampling"]["n"] == 16
+    for fig in ("gallery.png", "reconstructions.png", "loss_curves.png", "vae_loss.png", "ldm_loss.png",
+                "latent_histogram.png", "samples.png", "distributions.png"):
+        assert (out / "figures" / fig).stat().st_size > 1000, fig
+    for nb in ("01_vae", "02_latent_diffusion", "03_sampling", "04_evaluation"):
+        assert (out / "notebooks" / f"{nb}.ipynb").exists()
+    # the smoke profile trains 12 steps and checkpoints every 5: keep=3 leaves steps 5, 10 and 12
+    for stage in ("vae", "ldm"):
+        ckpts = sorted(p.name for p in (out / "checkpoints" / stage).glob("step_*"))
+        assert ckpts == ["step_00000005", "step_00000010", "step_00000012"], ckpts
+        assert (out / "checkpoints" / stage / "latest").read_text().strip() == "step_00000012"
+    cfg = json.loads((out / "config" / "vae.json").read_text())
+    assert cfg["profile"] == "smoke" and cfg["image_size"] == 32
+
+
+def test_rerun_resumes_without_retraining(smoke_run):
+    out, cmd = smoke_run
+    before = (out / "logs" / "vae.jsonl").read_text()
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "logs" / "vae.jsonl").read_text() == before  # nothing retrained, nothing duplicated
+    nb = json.loads((out / "notebooks" / "01_vae.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "resum" in text.lower()
+
+
+def test_failed_notebook_reports_the_cell(tmp_path):
+    """A later stage without its earlier ones fails with the notebook's own message, not a traceback dump."""
+    r = subprocess.run([sys.executable, "-m", "medkit", "run", "sbldm", "--profile", "smoke", "--out",
+                        str(tmp_path / "x"), "--stages", "03_sampling"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 1
+    assert "03_sampling failed" in r.stderr and "run that stage's notebook first" in r.stderr

@@ -1,0 +1,397 @@
+"""Tests for medkit.train: resumable Trainer and atomic checkpoints.
+
+Tiny MLP with dropout (so the RNG matters), 64 samples, batch 8 -> 8 batches per epoch.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medkit import env
+from medkit.train import (CheckpointError, ConfigMismatchError, NonFiniteLossError, Trainer, find_resumable,
+                          load_checkpoint, load_weights, save_checkpoint)
+from medkit.train.data import ResumableBatchSampler, batch_stream
+
+CONFIG = {"lr": 1e-2, "width": 16, "log_every": 5}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(64, 6, generator=g)
+    y = (x[:, :2].sum(1, keepdim=True)).sin()
+    return torch.utils.data.TensorDataset(x, y)
+
+
+def make_trainer(run_dir, max_steps, *, config=CONFIG, grad_accum=1, **kw):
+    torch.manual_seed(0)  # same init for every run
+    model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10))
+    opts = dict(run_dir=run_dir, stage="toy", config=config, max_steps=max_steps, lr_scheduler=sched,
+                ema_decay=0.9, grad_accum=grad_accum, ckpt_every=7, keep=3, log_every=5, budget_s=None,
+                progress=False, plot=False, log=lambda m: None, seed=1)
+    opts.update(kw)
+    return Trainer(model, opt, **opts)
+
+
+def mse(model, batch, step):
+    x, y = batch
+    # consume python and numpy RNG too: their states must be restored on resume as well
+    jitter = 1.0 + 0.01 * random.random() + 0.01 * float(np.random.rand())
+    loss = nn.functional.mse_loss(model(x) * jitter, y)
+    return loss, {"jitter": jitter}
+
+
+def losses(run_dir, stage="toy"):
+    return [(r["step"], r["loss"], r["jitter"])
+            for r in map(json.loads, (run_dir / "logs" / f"{stage}.jsonl").read_text().splitlines())]
+
+
+def assert_same_training(a: Trainer, b: Trainer):
+    for (k, v), (k2, v2) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), f"model tensor {k} differs"
+    for (k, v), (k2, v2) in zip(a.ema_model.state_dict().items(), b.ema_model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), f"EMA tensor {k} differs"
+    assert torch.equal(a.ema.n_averaged, b.ema.n_averaged)
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for pid, st in sa["state"].items():
+        for name, t in st.items():
+            assert torch.equal(t, sb["state"][pid][name]), f"optimizer state {pid}.{name} differs"
+    assert a.lr_scheduler.state_dict() == b.lr_scheduler.state_dict()
+
+
+# ------------------------------------------------------------------------------ resume is exact
+
+@pytest.mark.parametrize("grad_accum,kill", [(1, False), (2, True)])
+def test_resume_is_bit_identical(tmp_path, dataset, grad_accum, kill):
+    a = make_trainer(tmp_path / "a", 30, grad_accum=grad_accum)
+    ra = a.fit(dataset, 8, mse)
+    rng_after_a = torch.get_rng_state()
+    assert (ra.step, ra.finished, ra.reason, ra.resumed_from) == (30, True, "done", None)
+
+    b1 = make_trainer(tmp_path / "b", 17, grad_accum=grad_accum)
+    torch.manual_seed(999)  # the global RNG at fit() time must not matter when resuming
+    b1.fit(dataset, 8, mse)
+    ckpts = tmp_path / "b" / "checkpoints" / "toy"
+    assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000007", "step_00000014", "step_00000017"]
+    if kill:  # killed after step 17's save but before `latest` was trusted: both gone
+        shutil.rmtree(ckpts / "step_00000017")
+        (ckpts / "latest").unlink()
+    b2 = make_trainer(tmp_path / "b", 30, grad_accum=grad_accum)
+    rb = b2.fit(dataset, 8, mse)
+    assert rb.resumed_from == (14 if kill else 17)
+    assert (rb.step, rb.finished, rb.steps_run) == (30, True, 30 - rb.resumed_from)
+    assert_same_training(a, b2)
+    assert torch.equal(rng_after_a, torch.get_rng_state())  # the RNG streams ended in the same state too
+    la, lb = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert [s for s, _, _ in la] == [5, 10, 15, 20, 25, 30]
+    assert la == lb  # logged losses (means over windows that straddle the interruption) identical
+    assert ra.last_loss == rb.last_loss == la[-1][1]
+
+
+def test_finished_run_returns_immediately_with_final_weights(tmp_path, dataset):
+    a = make_trainer(tmp_path, 10)
+    a.fit(dataset, 8, mse)
+    log_before = (tmp_path / "logs" / "toy.jsonl").read_text()
+    again = make_trainer(tmp_path, 10)
+    r = again.fit(dataset, 8, mse)
+    assert (r.step, r.finished, r.resumed_from, r.steps_run) == (10, True, 10, 0)
+    assert_same_training(a, again)
+    assert (tmp_path / "logs" / "toy.jsonl").read_text() == log_before
+    # extending a finished run: max_steps is not part of the config hash
+    more = make_trainer(tmp_path, 12)
+    assert more.fit(dataset, 8, mse).step == 12
+
+
+# ------------------------------------------------------------------------------ checkpoint layout
+
+def test_checkpoint_layout_and_pruning(tmp_path, dataset):
+    t = make_trainer(tmp_path, 30, keep=2, plot=True)
+    t.fit(dataset, 8, mse)
+    ck = tmp_path / "checkpoints" / "toy"
+    assert sorted(p.name for p in ck.iterdir()) == ["latest", "step_00000028", "step_00000030"]
+    assert (ck / "latest").read_text() == "step_00000030\n"
+    d = ck / "step_00000030"
+    assert sorted(p.name for p in d.iterdir()) == ["ema.safetensors", "manifest.json", "model.safetensors",
+                                                   "state.pt", "trainer.json"]
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == ["ema.safetensors", "model.safetensors", "state.pt", "trainer.json"]
+    assert all(info["size"] == (d / fn).stat().st_size for fn, info in manifest["files"].items())
+    meta = json.loads((d / "trainer.json").read_text())
+    # 30 steps x 1 batch = 30 batches = 3 epochs of 8 + 6 batches into epoch 3
+    assert (meta["step"], meta["epoch"], meta["position"]) == (30, 3, 6)
+    assert meta["config"]["width"] == 16 and meta["config"]["_trainer"]["batch_size"] == 8
+    assert len(meta["config_hash"]) == 16 and meta["versions"]["torch"] == torch.__version__
+    tensors, state, meta2 = load_checkpoint(d)
+    assert set(tensors) == {"model", "ema"} and meta2 == meta
+    assert set(state) == {"optimizer", "lr_scheduler", "scaler", "rng", "ema_n_averaged"}
+    assert int(state["ema_n_averaged"]) == 30
+    assert torch.equal(tensors["model"]["0.weight"], t.model[0].weight.detach())
+    assert (tmp_path / "figures" / "toy_loss.png").stat().st_size > 1000
+    assert not list(tmp_path.rglob(".tmp-*"))
+
+
+def test_grad_accum_counts_micro_batches(tmp_path, dataset):
+    t = make_trainer(tmp_path, 30, grad_accum=2)
+    t.fit(dataset, 8, mse)
+    meta = json.loads((tmp_path / "checkpoints" / "toy" / "step_00000030" / "trainer.json").read_text())
+    assert (meta["step"], meta["epoch"], meta["position"]) == (30, 7, 4)  # 60 batches = 7 x 8 + 4
+
+
+def test_corrupt_checkpoint_falls_back_and_tmp_is_removed(tmp_path, dataset):
+    a = make_trainer(tmp_path, 14)
+    a.fit(dataset, 8, mse)
+    ck = tmp_path / "checkpoints" / "toy"
+    good_14 = {k: v.clone() for k, v in a.model.state_dict().items()}
+    losses_14 = losses(tmp_path)
+    leftover = ck / ".tmp-step_00000021-4242"
+    leftover.mkdir()
+    (leftover / "model.safetensors").write_bytes(b"half written")
+    f = ck / "step_00000014" / "model.safetensors"
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one flipped bit
+    f.write_bytes(bytes(raw))
+
+    msgs = []
+    assert find_resumable(ck, log=msgs.append) == ck / "step_00000007"
+    assert not leftover.exists()
+    assert len(msgs) == 2 and ".tmp-step_00000021-4242" in msgs[0]
+    assert "step_00000014" in msgs[1] and "model.safetensors" in msgs[1] and "sha256" in msgs[1]
+    assert all("\n" not in m for m in msgs)
+    with pytest.raises(CheckpointError, match="model.safetensors"):
+        load_checkpoint(ck / "step_00000014")
+
+    # the trainer resumes from step 7, redoes 8..14 identically and overwrites the damaged directory
+    msgs.clear()
+    b = make_trainer(tmp_path, 14, log=msgs.append)
+    r = b.fit(dataset, 8, mse)
+    assert r.resumed_from == 7 and any("skipping step_00000014" in m for m in msgs)
+    assert all(torch.equal(v, good_14[k]) for k, v in b.model.state_dict().items())
+    load_checkpoint(ck / "step_00000014")  # valid again
+    assert [s for s, _, _ in losses_14] == [5, 10, 14]  # 14: end-of-call flush of steps 11-14
+    assert losses(tmp_path) == losses_14
+
+
+def test_missing_and_truncated_files_are_named(tmp_path):
+    sd = {"w": torch.arange(6.0).reshape(2, 3).t()}  # non-contiguous: must be saved anyway
+    tied = torch.ones(4)
+    p = save_checkpoint(tmp_path, 3, tensors={"model": {**sd, "a": tied, "b": tied}}, state={"x": torch.ones(2)},
+                        meta={"step": 3})
+    tensors, state, meta = load_checkpoint(p)
+    assert torch.equal(tensors["model"]["w"], sd["w"]) and torch.equal(tensors["model"]["b"], tied)
+    (p / "trainer.json").write_text((p / "trainer.json").read_text() + " ")
+    with pytest.raises(CheckpointError, match=r"trainer\.json: size"):
+        load_checkpoint(p)
+    (p / "state.pt").unlink()
+    with pytest.raises(CheckpointError, match=r"state\.pt: listed in the manifest but missing"):
+        load_checkpoint(p)
+    (p / "manifest.json").unlink()
+    with pytest.raises(CheckpointError, match="manifest.json missing"):
+        load_checkpoint(p)
+    assert find_resumable(tmp_path, log=lambda m: None) is None
+
+
+class Payload:
+    """Anything that is not a tensor/container: unpickling it could run code."""
+
+    def __init__(self):
+        self.x = 1
+
+
+def test_state_pt_refuses_arbitrary_objects(tmp_path):
+    p = save_checkpoint(tmp_path, 1, tensors={"model": {"w": torch.ones(2)}}, state={"evil": Payload()},
+                        meta={"step": 1})
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_checkpoint(p)  # manifest is valid: the refusal comes from torch.load(weights_only=True)
+
+
+def test_keep_prunes_but_never_latest(tmp_path):
+    for s in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, s, tensors={"model": {"w": torch.full((2,), float(s))}}, state={}, meta={}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000003", "step_00000004"]
+    # re-saving an earlier step (resumed from it): later, abandoned steps go, `latest` points at it
+    save_checkpoint(tmp_path, 3, tensors={"model": {"w": torch.zeros(2)}}, state={}, meta={}, keep=2)
+    assert sorted(p.name for p in tmp_path.glob("step_*")) == ["step_00000003"]
+    assert (tmp_path / "latest").read_text() == "step_00000003\n"
+    assert torch.equal(load_checkpoint(tmp_path / "step_00000003")[0]["model"]["w"], torch.zeros(2))
+
+
+# ------------------------------------------------------------------------------ config
+
+def test_config_mismatch_and_ignored_keys(tmp_path, dataset):
+    make_trainer(tmp_path, 7).fit(dataset, 8, mse)
+    changed = {**CONFIG, "width": 32}
+    with pytest.raises(ConfigMismatchError, match="width: checkpoint=16 now=32") as exc:
+        make_trainer(tmp_path, 14, config=changed).fit(dataset, 8, mse)
+    assert "resume='force'" in str(exc.value) and "new run_dir" in str(exc.value)
+    assert set(exc.value.differences) == {"width"}
+    with pytest.raises(ConfigMismatchError, match="_trainer.grad_accum: checkpoint=1 now=2"):
+        make_trainer(tmp_path, 14, grad_accum=2).fit(dataset, 8, mse)
+    # log_every is an ignored key: resuming is fine
+    r = make_trainer(tmp_path, 9, config={**CONFIG, "log_every": 3}).fit(dataset, 8, mse)
+    assert r.resumed_from == 7 and r.step == 9
+    r = make_trainer(tmp_path, 11, config=changed, resume="force").fit(dataset, 8, mse)
+    assert r.resumed_from == 9 and r.step == 11
+    with pytest.raises(FileExistsError, match="resume='never'"):
+        make_trainer(tmp_path, 11, resume="never").fit(dataset, 8, mse)
+
+
+# ------------------------------------------------------------------------------ budget
+
+def test_budget_zero_saves_and_stops(tmp_path, dataset):
+    r = make_trainer(tmp_path, 10, budget_s=0.0).fit(dataset, 8, mse)
+    assert (r.step, r.finished, r.reason) == (0, False, "budget")
+    assert (tmp_path / "checkpoints" / "toy" / "latest").read_text() == "step_00000000\n"
+    r2 = make_trainer(tmp_path, 10, budget_s=None).fit(dataset, 8, mse)
+    assert (r2.step, r2.finished, r2.reason, r2.resumed_from) == (10, True, "done", 0)
+
+
+def test_budget_stop_mid_run_resumes_identically(tmp_path, dataset):
+    slow = {"on": True}
+
+    def slow_mse(model, batch, step):
+        if slow["on"]:
+            time.sleep(0.05)
+        return mse(model, batch, step)
+
+    r = make_trainer(tmp_path / "b", 20, budget_s=0.3).fit(dataset, 8, slow_mse)
+    assert r.reason == "budget" and not r.finished and 1 <= r.step < 20
+    assert (tmp_path / "b" / "checkpoints" / "toy" / "latest").read_text() == f"step_{r.step:08d}\n"
+    slow["on"] = False
+    b = make_trainer(tmp_path / "b", 20)
+    assert b.fit(dataset, 8, slow_mse).resumed_from == r.step
+    a = make_trainer(tmp_path / "a", 20)
+    a.fit(dataset, 8, mse)
+    assert_same_training(a, b)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+# ------------------------------------------------------------------------------ non-finite / fp16
+
+def test_nonfinite_loss_raises_after_five(tmp_path, dataset):
+    snap = {}
+
+    def nan_after_3(model, batch, step):
+        if step == 3 and not snap:
+            snap.update({k: v.clone() for k, v in model.state_dict().items()})
+        loss, _ = mse(model, batch, step)
+        return loss * float("nan") if step >= 3 else loss
+
+    t = make_trainer(tmp_path, 20)
+    with pytest.raises(NonFiniteLossError) as exc:
+        t.fit(dataset, 8, nan_after_3)
+    msg = str(exc.value)
+    assert "5 consecutive steps" in msg and "up to step 7" in msg and "last finite loss" in msg
+    assert "at step 2" in msg and "lower learning rate" in msg and "fp32" in msg
+    assert t.nonfinite_total == 5
+    assert all(torch.equal(v, snap[k]) for k, v in t.model.state_dict().items())  # nan steps changed nothing
+    ck = tmp_path / "checkpoints" / "toy"
+    assert (ck / "latest").read_text() == "step_00000007\n"  # saved at 7 (params still the good ones)
+
+
+def test_isolated_nonfinite_step_is_skipped(tmp_path, dataset):
+    def one_nan(model, batch, step):
+        loss, extra = mse(model, batch, step)
+        return (loss * float("inf") if step == 4 else loss), extra
+
+    r = make_trainer(tmp_path, 10).fit(dataset, 8, one_nan)
+    assert (r.step, r.finished, r.skipped_steps) == (10, True, 1)
+    recs = [json.loads(line) for line in (tmp_path / "logs" / "toy.jsonl").read_text().splitlines()]
+    assert [r_.get("nonfinite_skipped") for r_ in recs] == [1, 1]
+    assert all(isinstance(r_["loss"], float) for r_ in recs)  # the window mean excludes the skipped step
+
+
+def test_fp16_overflow_steps_are_skipped_by_the_scaler(tmp_path, dataset):
+    t = make_trainer(tmp_path, 6, precision="fp16", log_every=3)
+    assert t.amp_dtype == torch.float16 and t.scaler is not None
+    init = {k: v.clone() for k, v in t.model.state_dict().items()}
+
+    def huge(model, batch, step):  # finite loss, but gradients overflow fp16 at any scale >= 1
+        x, y = batch
+        return nn.functional.mse_loss(model(x).float(), y) * 1e36
+
+    r = t.fit(dataset, 8, huge)
+    assert r.skipped_steps == 6 and t.scaler_skipped_total == 6
+    recs = [json.loads(line) for line in (tmp_path / "logs" / "toy.jsonl").read_text().splitlines()]
+    assert [(r_["scale"], r_["scaler_skipped"]) for r_ in recs] == [(65536.0 / 8, 3), (65536.0 / 64, 6)]
+    assert all(torch.equal(v, init[k]) for k, v in t.model.state_dict().items())
+    assert int(t.ema.n_averaged) == 0  # no EMA update on skipped steps
+
+
+def test_precision_selection(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 5))  # T4
+    assert env.autocast_dtype(cuda, "auto") is torch.float16
+    assert env.autocast_dtype(cuda, "fp32") is None
+    with pytest.raises(ValueError, match="compute capability >= 8"):
+        env.autocast_dtype(cuda, "bf16")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (8, 0))  # A100
+    assert env.autocast_dtype(cuda, "auto") is torch.bfloat16
+    assert env.autocast_dtype(cuda, "fp16") is torch.float16
+    assert env.autocast_dtype(torch.device("cpu"), "auto") is None
+    with pytest.raises(ValueError, match="precision='half'"):
+        env.autocast_dtype(torch.device("cpu"), "half")
+
+
+def test_bf16_on_cpu_has_no_scaler(tmp_path, dataset):
+    t = make_trainer(tmp_path, 2, precision="bf16")
+    assert t.amp_dtype is torch.bfloat16 and t.scaler is None
+    assert t.fit(dataset, 8, mse).finished
+
+
+# ------------------------------------------------------------------------------ data order
+
+def test_sampler_is_deterministic_resumable_and_leaves_global_rng_alone(dataset):
+    s = ResumableBatchSampler(64, 8, seed=1)
+    full = list(s)
+    assert len(full) == 8 and sorted(i for b in full for i in b) == list(range(64))
+    s.set_epoch(0, 5)
+    assert list(s) == full[5:] and len(s) == 3
+    s.set_epoch(1)
+    assert list(s) != full
+    before = torch.get_rng_state()
+    stream = batch_stream(dataset, 8, seed=1, epoch=0, position=6, num_workers=0)
+    got = [next(stream)[:2] for _ in range(3)]
+    stream.close()
+    assert got == [(0, 7), (0, 8), (1, 1)]
+    assert torch.equal(before, torch.get_rng_state())
+    with pytest.raises(ValueError, match="fewer than batch_size"):
+        ResumableBatchSampler(5, 8)
+
+
+# ------------------------------------------------------------------------------ load_weights
+
+def test_load_weights(tmp_path, dataset):
+    t = make_trainer(tmp_path, 10)
+    t.fit(dataset, 8, mse)
+    fresh = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+    meta = load_weights(tmp_path, "toy", fresh, log=lambda m: None)
+    assert meta["step"] == 10 and meta["weights"] == "ema"
+    assert all(torch.equal(v, t.ema_model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    assert not torch.equal(t.ema_model[0].weight, t.model[0].weight)
+    load_weights(tmp_path, "toy", fresh, ema=False, log=lambda m: None)
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"no trained 'vae' weights.*Run the notebook that trains"):
+        load_weights(tmp_path, "vae", fresh)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        load_weights(tmp_path, "toy", nn.Linear(6, 1), log=lambda m: None)
+
+
+def test_worker_processes_do_not_change_the_result(tmp_path, dataset):
+    """num_workers only moves loading to other processes: same batches, same RNG, same weights."""
+    a = make_trainer(tmp_path / "a", 20)
+    a.fit(dataset, 8, mse)
+    make_trainer(tmp_path / "b", 11).fit(dataset, 8, mse, num_workers=2)
+    b = make_trainer(tmp_path / "b", 20)
+    assert b.fit(dataset, 8, mse, num_workers=2).resumed_from == 11
+    assert_same_training(a, b)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
