@@ -50,7 +50,7 @@ class RunDir:
     """A run directory; ``RunDir("")`` resolves to ``<default root>/<default_name>``."""
 
     def __init__(self, path: str | os.PathLike = "", default_name: str = "run"):
-        self.path = Path(path) if str(path) else env.default_run_root() / default_name
+        self.path = (Path(path) if str(path) else env.default_run_root() / default_name).expanduser().resolve()
         self.path.mkdir(parents=True, exist_ok=True)
         for sub in ("figures", "samples", "logs", "config"):
             (self.path / sub).mkdir(exist_ok=True)

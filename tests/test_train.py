@@ -395,3 +395,18 @@ def test_worker_processes_do_not_change_the_result(tmp_path, dataset):
     assert b.fit(dataset, 8, mse, num_workers=2).resumed_from == 11
     assert_same_training(a, b)
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
+
+
+def test_ema_warmup_follows_the_model_early():
+    """decay_n = min(decay, (1+n)/(10+n)): after the first copy, update n=1 uses 2/11, not 0.999."""
+    from medkit.train.loop import ema_warmup_avg_fn
+
+    fn = ema_warmup_avg_fn(0.999)
+    ema, cur = [torch.zeros(3)], [torch.ones(3)]
+    fn(ema, cur, torch.tensor(1))
+    assert torch.allclose(ema[0], torch.full((3,), 1 - 2 / 11))
+    fn(ema, cur, torch.tensor(100_000))  # late: the configured decay
+    assert torch.allclose(ema[0], torch.full((3,), 1 - (2 / 11) * 0.999))
+    counters = [torch.tensor([1])]
+    fn(counters, [torch.tensor([7])], torch.tensor(5))
+    assert counters[0].item() == 7

@@ -46,8 +46,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         ckpt_every=5, n_samples=16, sampling_steps=5, precision="fp32", gradient_checkpointing=False,
     ),
     "cpu-demo": dict(
-        image_size=64, vae_channels=(32, 64, 64), vae_res_blocks=1, vae_groups=16, vae_batch=16,
-        vae_steps=700, vae_lr=2e-3,
+        image_size=64, vae_channels=(16, 32, 64), vae_res_blocks=1, vae_groups=16, vae_batch=8,
+        vae_steps=1000, vae_lr=2e-3,
         unet_channels=(32, 64, 64), unet_res_blocks=1, unet_groups=16, unet_head_channels=16, dropout=0.0,
         ldm_batch=32, ldm_steps=1200, ldm_lr=1e-3, warmup_steps=50,
         ckpt_every=200, n_samples=16, sampling_steps=50, precision="auto", gradient_checkpointing=False,

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from medkit import env
 from medkit.train.checkpoint import (CheckpointError, clean_temp_dirs, load_checkpoint, resume_candidates,
@@ -39,6 +39,25 @@ from medkit.train.checkpoint import (CheckpointError, clean_temp_dirs, load_chec
 from medkit.train.data import batch_stream
 
 DEFAULT_IGNORE = ("run_dir", "budget_s", "log_every", "ckpt_every", "keep", "device")
+
+
+def ema_warmup_avg_fn(decay: float):
+    """EMA with warm-up: the decay used after n updates is min(decay, (1 + n) / (10 + n)).
+
+    A fixed 0.999 averages over ~1000 steps, so a run of a few hundred steps would keep mostly its
+    early, untrained weights; the warm-up (as in diffusers' EMAModel and the original DDPM/LDM code)
+    lets the average follow the model early and settle to ``decay`` later.
+    """
+    @torch.no_grad()
+    def multi_avg_fn(ema_params, model_params, num_averaged):
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        if torch.is_floating_point(ema_params[0]):
+            torch._foreach_lerp_(ema_params, model_params, 1.0 - d)
+        else:  # integer buffers (counters) follow the model
+            for e, m in zip(ema_params, model_params):
+                e.copy_(m)
+    return multi_avg_fn
 
 
 class ConfigMismatchError(RuntimeError):
@@ -219,7 +238,7 @@ class Trainer:
 
         self.amp_dtype = env.autocast_dtype(self.device, precision)
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_warmup_avg_fn(ema_decay), use_buffers=True)
                     if ema_decay is not None else None)
 
         self.ckpt_dir = self.run_dir / "checkpoints" / stage
