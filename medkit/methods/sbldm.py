@@ -47,9 +47,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     ),
     "cpu-demo": dict(
         image_size=64, vae_channels=(16, 32, 64), vae_res_blocks=1, vae_groups=16, vae_batch=8,
-        vae_steps=1000, vae_lr=2e-3,
+        vae_steps=1200, vae_lr=2e-3,
         unet_channels=(32, 64, 64), unet_res_blocks=1, unet_groups=16, unet_head_channels=16, dropout=0.0,
-        ldm_batch=32, ldm_steps=1200, ldm_lr=1e-3, warmup_steps=50,
+        ldm_batch=32, ldm_steps=2000, ldm_lr=1e-3, warmup_steps=50,
         ckpt_every=200, n_samples=16, sampling_steps=50, precision="auto", gradient_checkpointing=False,
     ),
     "t4": dict(
@@ -147,6 +147,39 @@ class LatentDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.scale * (self.mu[i] + self.sigma[i] * torch.randn_like(self.mu[i]))
+
+
+def latent_cache(path, vae, vae_checkpoint: str, cfg: dict, device="cpu"):
+    """Posteriors (mu, sigma) of every training slice and its mirror, and the scale s; cached in ``path``.
+
+    Reused while ``vae_checkpoint`` (the VAE checkpoint they were encoded with) and the data settings
+    are unchanged; rebuilt otherwise.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file, safe_open, save_file
+
+    from .. import data as mdata
+
+    path = Path(path)
+    key = {"vae_checkpoint": str(vae_checkpoint), "data": str(cfg["data"]), "image_size": str(cfg["image_size"]),
+           "seed": str(cfg["seed"])}
+    if path.exists():
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        if all(meta.get(k) == v for k, v in key.items()):
+            t = load_file(str(path))
+            return t["mu"], t["sigma"], float(meta["scale"])
+    cache = mdata.build_slice_cache(cfg["data"], cfg["image_size"], seed=cfg["seed"])
+    images = mdata.SliceDataset(cache, "train").images
+    images = torch.cat([images, images.flip(-1)])  # left-right mirror: a plausible brain
+    mu, sigma = encode(vae, images, device=device)
+    scale = latent_scale(mu, sigma, seed=cfg["seed"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"mu": mu.contiguous(), "sigma": sigma.contiguous()}, str(tmp), metadata={**key, "scale": repr(scale)})
+    tmp.replace(path)
+    return mu, sigma, scale
 
 
 def latent_scale(mu: torch.Tensor, sigma: torch.Tensor, seed: int = 0) -> float:

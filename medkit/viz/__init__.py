@@ -1,11 +1,12 @@
 """Static figures (matplotlib, Agg-safe): image grids, galleries, reconstructions, loss curves."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..train.plot import read_log, smooth  # noqa: F401  (re-exported: viz.read_log)
 
 
 def _plt():
@@ -83,26 +84,23 @@ def save_reconstructions(original, recon, path, n: int = 8, title: str = ""):
     return fig
 
 
-def read_log(path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def plot_losses(logs: dict, path=None, smooth_window: int | None = None):
+    """One panel per stage: raw and moving-average loss against step (log y when positive).
 
-
-def plot_losses(logs: dict, path, smooth: int = 20):
-    """One panel per stage: raw and moving-average loss against step (log y)."""
+    ``logs`` maps a title to a jsonl log's records (``read_log``). The trainer itself writes one PNG
+    per stage; this draws several stages side by side, inline in a notebook and optionally to ``path``.
+    """
     plt = _plt()
+    logs = {k: [r for r in v if np.isfinite(r.get("loss", np.nan))] for k, v in logs.items()}
     logs = {k: v for k, v in logs.items() if v}
     fig, axes = plt.subplots(1, max(len(logs), 1), figsize=(5 * max(len(logs), 1), 3.6), squeeze=False)
     for ax, (name, rows) in zip(axes[0], logs.items()):
-        steps = np.array([r["step"] for r in rows])
-        loss = np.array([r["loss"] for r in rows], dtype=float)
+        steps = [r["step"] for r in rows]
+        loss = [float(r["loss"]) for r in rows]
         ax.plot(steps, loss, alpha=0.35, lw=1, label="loss")
-        if len(loss) >= smooth:
-            k = np.ones(smooth) / smooth
-            ax.plot(steps[smooth - 1:], np.convolve(loss, k, mode="valid"), lw=2, label=f"mean of {smooth}")
-        if (loss > 0).all():
+        w = smooth_window or max(2, len(loss) // 20)
+        ax.plot(steps, smooth(loss, w), lw=2, label=f"moving average ({w} logs)")
+        if min(loss) > 0:
             ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(name)

@@ -129,7 +129,7 @@ if not result.finished:
 # ## Curves
 
 # %%
-viz.plot_losses({"vae": viz.read_log(run / "logs" / "vae.jsonl")}, run.figures / "vae_loss.png");
+viz.plot_losses({"VAE": viz.read_log(run / "logs" / "vae.jsonl")});  # the trainer saved figures/vae_loss.png
 
 # %% [markdown]
 # ## Reconstructions and metrics
@@ -142,7 +142,8 @@ recon = sbldm.reconstruct(vae_ema, val_ds.images, device=dev)
 s = metrics.mean_ci(metrics.ssim(recon, val_ds.images, per_image=True))
 p = metrics.mean_ci(metrics.psnr(recon, val_ds.images, per_image=True))
 run.update_metrics("vae", {"ssim": s["value"], "psnr": p["value"], "ssim_ci95": s["ci95"], "psnr_ci95": p["ci95"],
-                           "n_val": s["n"], "steps": result.step, "params": medkit.nets.count_parameters(vae)})
+                           "n_val": s["n"], "steps": result.step, "params": medkit.nets.count_parameters(vae),
+                           "train_seconds": result.seconds, "loop_overhead_pct": 100 * result.overhead_seconds / max(result.seconds, 1e-9)})
 print(f"validation ({s['n']} slices): SSIM {s['value']:.4f} (95% CI {s['ci95'][0]:.4f}-{s['ci95'][1]:.4f}), "
       f"PSNR {p['value']:.2f} dB (95% CI {p['ci95'][0]:.2f}-{p['ci95'][1]:.2f})")
 viz.save_reconstructions(val_ds.images, recon, run.figures / "reconstructions.png",

@@ -55,7 +55,7 @@ if importlib.util.find_spec("medkit") is None:
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
 run_dir = ""           # the run directory of notebook 1; "" = <run root>/sbldm-<profile>
-ldm_steps = None       # optimiser steps; None = profile value (cpu-demo 1200, t4 50k)
+ldm_steps = None       # optimiser steps; None = profile value (cpu-demo 2000, t4 50k)
 ldm_batch = None       # latents per step; None = the profile value
 beta_schedule = None   # "linear" | "cosine"; None = linear
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
@@ -65,7 +65,7 @@ budget_s = "auto"      # wall-clock limit for training in seconds; "auto" = 11h1
 import torch
 
 import medkit
-from medkit import data as mdata, env, viz
+from medkit import env, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
 from medkit.train import Trainer, load_weights
@@ -83,18 +83,15 @@ print(f"run directory: {run.path}")
 
 # %% [markdown]
 # ## Latent cache
-# The frozen EMA VAE encodes every training slice and its left-right mirror (a plausible brain) once.
-# Each training item is then a fresh draw $z=\mu+\sigma\epsilon$, scaled by $s$.
+# The frozen EMA VAE encodes every training slice and its left-right mirror (a plausible brain) once;
+# the posteriors are saved in the run directory and reused until the VAE checkpoint changes. Each
+# training item is then a fresh draw $z=\mu+\sigma\epsilon$, scaled by $s$.
 
 # %%
 vae = sbldm.build_vae(cfg)
 vae_meta = load_weights(run.path, "vae", vae, ema=True)
 vae = vae.to(dev).eval().requires_grad_(False)
-cache = mdata.build_slice_cache(cfg["data"], cfg["image_size"], seed=cfg["seed"])
-images = mdata.SliceDataset(cache, "train").images
-images = torch.cat([images, images.flip(-1)])
-mu, sigma = sbldm.encode(vae, images, device=dev)
-scale = sbldm.latent_scale(mu, sigma, seed=cfg["seed"])
+mu, sigma, scale = sbldm.latent_cache(run.path / "cache" / "latents.safetensors", vae, vae_meta["checkpoint"], cfg, dev)
 latents = sbldm.LatentDataset(mu, sigma, scale)
 latent_shape = tuple(mu.shape[1:])
 run.update_metrics("latents", {"scale": scale, "shape": list(latent_shape), "n": len(latents),
@@ -150,8 +147,9 @@ if not result.finished:
 
 # %%
 log = viz.read_log(run / "logs" / "ldm.jsonl")
-viz.plot_losses({"latent diffusion": log}, run.figures / "ldm_loss.png")
+viz.plot_losses({"latent diffusion": log});  # the trainer saved figures/ldm_loss.png
 tail = [r["loss"] for r in log[-max(1, len(log) // 10):]]
 run.update_metrics("ldm", {"final_loss": sum(tail) / len(tail), "steps": result.step,
-                           "params": medkit.nets.count_parameters(unet), "beta_schedule": cfg["beta_schedule"]})
+                           "params": medkit.nets.count_parameters(unet), "beta_schedule": cfg["beta_schedule"],
+                           "train_seconds": result.seconds, "loop_overhead_pct": 100 * result.overhead_seconds / max(result.seconds, 1e-9)})
 print(f"final loss (mean of the last {len(tail)} logged values): {sum(tail) / len(tail):.4f}")
