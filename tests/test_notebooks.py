@@ -76,3 +76,20 @@ def test_failed_notebook_reports_the_cell(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 1
     assert "03_sampling failed" in r.stderr and "run that stage's notebook first" in r.stderr
+
+
+def test_budget_stop_then_rerun_resumes(tmp_path):
+    """A wall-clock budget stops the VAE notebook with a checkpoint; the same command without it resumes."""
+    out = tmp_path / "budget"
+    base = [sys.executable, "-m", "medkit", "run", "sbldm", "--profile", "smoke", "--out", str(out),
+            "--stages", "01_vae"]
+    stopped = subprocess.run(base + ["-p", "budget_s", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 1
+    assert "Stopped by the wall-clock budget at step 0" in stopped.stderr
+    assert (out / "checkpoints" / "vae" / "latest").read_text().strip() == "step_00000000"
+    resumed = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    nb = json.loads((out / "notebooks" / "01_vae.ipynb").read_text())
+    text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "resumed vae from step_00000000" in text
+    assert (out / "checkpoints" / "vae" / "latest").read_text().strip() == "step_00000012"

@@ -410,3 +410,26 @@ def test_ema_warmup_follows_the_model_early():
     counters = [torch.tensor([1])]
     fn(counters, [torch.tensor([7])], torch.tensor(5))
     assert counters[0].item() == 7
+
+
+def test_fast_ema_update_equals_averaged_model(tmp_path):
+    """Trainer._ema_update gives bit-for-bit what torch's AveragedModel.update_parameters gives."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from medkit.train.loop import ema_warmup_avg_fn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))  # float + integer buffers
+    t = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), run_dir=tmp_path, stage="ema", config={},
+                max_steps=1, ema_decay=0.9, progress=False, log=lambda m: None)
+    ref = AveragedModel(model, multi_avg_fn=ema_warmup_avg_fn(0.9), use_buffers=True)
+    for _ in range(25):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model[1].num_batches_tracked += 1
+        t._ema_update()
+        ref.update_parameters(model)
+    for (k, a), b in zip(t.ema_model.state_dict().items(), ref.module.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert int(t.ema.n_averaged) == int(ref.n_averaged) == 25

@@ -47,7 +47,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     ),
     "cpu-demo": dict(
         image_size=64, vae_channels=(16, 32, 64), vae_res_blocks=1, vae_groups=16, vae_batch=8,
-        vae_steps=1200, vae_lr=2e-3,
+        vae_steps=1000, vae_lr=2e-3,
         unet_channels=(32, 64, 64), unet_res_blocks=1, unet_groups=16, unet_head_channels=16, dropout=0.0,
         ldm_batch=32, ldm_steps=2000, ldm_lr=1e-3, warmup_steps=50,
         ckpt_every=200, n_samples=16, sampling_steps=50, precision="auto", gradient_checkpointing=False,

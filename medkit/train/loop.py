@@ -238,8 +238,10 @@ class Trainer:
 
         self.amp_dtype = env.autocast_dtype(self.device, precision)
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None)
-        self.ema = (AveragedModel(self.model, multi_avg_fn=ema_warmup_avg_fn(ema_decay), use_buffers=True)
+        self._ema_avg = ema_warmup_avg_fn(ema_decay) if ema_decay is not None else None
+        self.ema = (AveragedModel(self.model, multi_avg_fn=self._ema_avg, use_buffers=True)
                     if ema_decay is not None else None)
+        self._ema_lists, self._ema_n = None, 0
 
         self.ckpt_dir = self.run_dir / "checkpoints" / stage
         self.log_path = self.run_dir / "logs" / f"{stage}.jsonl"
@@ -257,6 +259,31 @@ class Trainer:
         self._reset_window()
 
     # ------------------------------------------------------------------ public helpers
+    @torch.no_grad()
+    def _ema_update(self) -> None:
+        """One EMA step (first call: copy) on tensor lists built once.
+
+        Same arithmetic as ``AveragedModel.update_parameters`` with ``ema_warmup_avg_fn``, without its
+        per-call regrouping of every tensor and its device syncs (about 5 ms per step for a 1M-parameter
+        UNet on a CPU, 3% of a cpu-demo step).
+        """
+        if self._ema_lists is None:
+            ema_t = [*self.ema.module.parameters(), *self.ema.module.buffers()]
+            model_t = [t.detach() for t in (*self.model.parameters(), *self.model.buffers())]
+            floats = [i for i, t in enumerate(ema_t) if t.is_floating_point()]
+            others = [i for i, t in enumerate(ema_t) if not t.is_floating_point()]
+            self._ema_lists = ([ema_t[i] for i in floats], [model_t[i] for i in floats],
+                               [ema_t[i] for i in others], [model_t[i] for i in others])
+        ema_f, model_f, ema_o, model_o = self._ema_lists
+        if self._ema_n == 0:
+            torch._foreach_copy_(ema_f, model_f)
+        else:
+            self._ema_avg(ema_f, model_f, self._ema_n)
+        for e, m in zip(ema_o, model_o):
+            e.copy_(m)
+        self._ema_n += 1
+        self.ema.n_averaged += 1
+
     @property
     def ema_model(self) -> nn.Module:
         """The EMA-averaged module, or the model itself when ``ema_decay`` is None."""
@@ -328,9 +355,11 @@ class Trainer:
             if "ema" in tensors:
                 self.ema.module.load_state_dict(tensors["ema"])
                 self.ema.n_averaged.copy_(state["ema_n_averaged"])
+                self._ema_n = int(state["ema_n_averaged"])
             else:
                 self.log("checkpoint has no EMA weights; the EMA restarts from the current model")
                 self.ema.n_averaged.zero_()
+                self._ema_n = 0
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None:
             if state.get("lr_scheduler") is None:
@@ -554,7 +583,7 @@ class Trainer:
                         self._win_extras[k] = self._win_extras.get(k, 0.0) + v
                 if stepped and self.ema is not None:
                     t = time.perf_counter()
-                    self.ema.update_parameters(self.model)
+                    self._ema_update()
                     self._overhead["ema"] += time.perf_counter() - t
                 if self.lr_scheduler is not None:  # also on skipped steps: the schedule follows the step count
                     with warnings.catch_warnings():
