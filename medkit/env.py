@@ -14,6 +14,9 @@ import torch
 
 KAGGLE_BUDGET_S = 11 * 3600 + 15 * 60  # Kaggle stops a session at 12 h; leave 45 min for saving
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Platform roots, as module constants so that tests can point them at a temporary folder.
+KAGGLE_WORKING = Path("/kaggle/working")   # saved as the notebook version's output
+COLAB_CONTENT = Path("/content")           # the Colab VM's local disk (lost with the VM)
 
 
 def on_kaggle() -> bool:
@@ -37,9 +40,9 @@ def default_budget_s() -> float | None:
 def default_run_root() -> Path:
     """Where run directories go when a notebook is given none."""
     if on_kaggle():
-        return Path("/kaggle/working/runs")
+        return KAGGLE_WORKING / "runs"
     if on_colab():
-        return Path("/content/runs")
+        return COLAB_CONTENT / "runs"
     return REPO_ROOT / "checkpoints" if (REPO_ROOT / "pyproject.toml").exists() else Path("checkpoints")
 
 

@@ -57,7 +57,7 @@ def run_pipeline(method: str, profile: str, out, params: dict | None = None, sta
         log(f"[medkit] {method} {stage} (profile {profile}) -> {dst}")
         try:
             pm.execute_notebook(str(src), str(dst), parameters={"profile": profile, "run_dir": str(run.path), **(params or {})},
-                                kernel_name=kernel_name, cwd=str(src.parent), progress_bar=False,
+                                kernel_name=kernel_name, cwd=str(src.parent), progress_bar=sys.stderr.isatty(),
                                 log_output=False)
         except pm.PapermillExecutionError as e:
             raise NotebookFailed(f"{method}/{stage} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"

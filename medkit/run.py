@@ -54,6 +54,11 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         for sub in ("figures", "samples", "logs", "config"):
             (self.path / sub).mkdir(exist_ok=True)
+        # On Kaggle/Colab, bring back what an earlier session saved (attached output, Google Drive)
+        # before any stage looks for it; a no-op elsewhere.
+        from . import persist
+
+        persist.restore(self.path)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -74,3 +74,16 @@ def test_bad_scheduler_settings(kwargs, match):
     kind = kwargs.pop("kind", "ddim")
     with pytest.raises(ValueError, match=match):
         diffusion.make_scheduler(kind, **kwargs)
+
+
+def test_clip_sample_bounds_the_x0_estimate():
+    """With clip_sample the last DDIM step returns the clipped z0 estimate, even from a wild network."""
+    f = lambda x, t: 1000 * x  # noqa: E731  (eps estimates far off the data)
+    clipped = diffusion.make_scheduler("ddim", beta_schedule="cosine", clip_sample=True, clip_sample_range=2.0)
+    out = diffusion.sample(f, clipped, (2, 1, 4, 4), num_inference_steps=10,
+                           generator=torch.Generator().manual_seed(0), progress=False)
+    assert out.abs().max().item() == pytest.approx(2.0)
+    free = diffusion.make_scheduler("ddim", beta_schedule="cosine")
+    out = diffusion.sample(f, free, (2, 1, 4, 4), num_inference_steps=10,
+                           generator=torch.Generator().manual_seed(0), progress=False)
+    assert out.abs().max().item() > 100  # unclipped: the 1/sqrt(abar) amplification shows

@@ -26,12 +26,20 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 def make_scheduler(kind: str = "ddim", *, num_train_timesteps: int = 1000, beta_schedule: str = "linear",
                    beta_start: float = 1e-4, beta_end: float = 0.02, prediction_type: str = "epsilon",
-                   timestep_spacing: str = "trailing", clip_sample: bool = False, trained_betas=None):
+                   timestep_spacing: str = "trailing", clip_sample: bool = False, clip_sample_range: float = 1.0,
+                   trained_betas=None):
     """A diffusers DDPMScheduler or DDIMScheduler.
 
     beta_schedule: 'linear' (DDPM's [1e-4, 0.02]), 'cosine' (Nichol & Dhariwal, arXiv 2102.09672;
     diffusers' 'squaredcos_cap_v2') or 'scaled_linear' (Stable Diffusion's). ``trained_betas`` (an
     array of T betas) overrides it, for schedules diffusers does not name.
+
+    clip_sample: clip each step's x0 estimate to [-clip_sample_range, clip_sample_range] (DDPM clips
+    to the pixel range [-1, 1]; for latents use the range of the training latents). With eps-prediction
+    the estimate x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) multiplies the network's error by
+    1/sqrt(abar_t) - about 160 at t = 999 of the linear schedule and 20,000 for the cosine one - and
+    trailing spacing starts exactly there. Without clipping, a cosine-schedule DDIM from t = 999 returns
+    noise (measured in this kit); with it, the first steps behave.
     """
     from diffusers import DDIMScheduler, DDPMScheduler
 
@@ -45,7 +53,8 @@ def make_scheduler(kind: str = "ddim", *, num_train_timesteps: int = 1000, beta_
         raise ValueError(f"timestep_spacing={timestep_spacing!r}: use 'trailing', 'leading' or 'linspace'")
     common = dict(num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
                   beta_schedule=BETA_SCHEDULES[beta_schedule], prediction_type=prediction_type,
-                  clip_sample=clip_sample, timestep_spacing=timestep_spacing, trained_betas=trained_betas)
+                  clip_sample=clip_sample, clip_sample_range=clip_sample_range,
+                  timestep_spacing=timestep_spacing, trained_betas=trained_betas)
     if kind == "ddpm":
         return DDPMScheduler(**common)
     # set_alpha_to_one: the last DDIM step returns x_0 itself (the "final alpha" is 1), as in DDIM's code.

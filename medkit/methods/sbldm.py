@@ -21,7 +21,8 @@ Stage 2 - latent DDPM (Ho et al., arXiv 2006.11239) on z0 = s * z, eps-predictio
 with T = 1000 and a linear [1e-4, 0.02] or cosine beta schedule.
 
 Stage 3 - sampling: DDIM (Song et al., arXiv 2010.02502), 50 steps, eta = 0, trailing timestep
-spacing, then x = D(z0 / s).
+spacing, then x = D(z0 / s). Each step's estimate of z0 is clipped to the range of the scaled training
+latents, as DDPM clips its x0 estimate to the pixel range (see ``diffusion.make_scheduler``).
 """
 from __future__ import annotations
 
@@ -197,9 +198,11 @@ def build_unet(cfg: dict) -> torch.nn.Module:
                           gradient_checkpointing=cfg["gradient_checkpointing"])
 
 
-def build_scheduler(cfg: dict, kind: str = "ddim"):
+def build_scheduler(cfg: dict, kind: str = "ddim", clip: float | None = None):
+    """The diffusers scheduler; ``clip`` bounds each step's z0 estimate to [-clip, clip] (sampling only)."""
     return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"],
-                                    beta_schedule=cfg["beta_schedule"])
+                                    beta_schedule=cfg["beta_schedule"], clip_sample=clip is not None,
+                                    clip_sample_range=float(clip) if clip is not None else 1.0)
 
 
 def ldm_loss(unet, z0: torch.Tensor, step: int, scheduler):

@@ -22,6 +22,9 @@ def load_weights(run_dir, stage: str, model: nn.Module, ema: bool = True, log=pr
     ``ema=True`` loads the EMA weights when the checkpoint has them (the ones to sample or encode
     with), else the raw weights. Only the weights are read, not the optimizer state.
     """
+    from medkit import persist
+
+    persist.restore(run_dir, [stage], log=log)  # from Kaggle inputs / Google Drive; nothing elsewhere
     ckpt_dir = Path(run_dir) / "checkpoints" / stage
     path = find_resumable(ckpt_dir, log=log)
     if path is None:

@@ -16,6 +16,10 @@ Everything is written into ``.tmp-step_XXXXXXXX-<pid>``, fsynced, and renamed in
 manifest is therefore either a leftover temp directory (deleted on the next resume) or damage
 (a flipped bit, a truncated copy), which ``load_checkpoint`` detects and ``find_resumable`` skips.
 
+A kill can land anywhere in that sequence; ``latest`` only ever names a complete directory (or is
+absent for a moment while a damaged directory of the same step is being replaced), never a missing or
+partial one. ``tests/test_faults.py`` kills training processes at each point of the sequence to check it.
+
 ``state.pt`` holds only tensors and plain containers and is read with ``torch.load(...,
 weights_only=True)``, so a checkpoint downloaded from somewhere cannot run code when loaded.
 """
@@ -28,6 +32,7 @@ import os
 import pickle
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -96,6 +101,23 @@ def _write_text_atomic(path: Path, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def _fault_point(step: int, what: str) -> None:
+    """Test-only hook for the fault-injection tests (``medkit.train.faults``, ``tests/test_faults.py``).
+
+    Does nothing unless the environment asks for it: ``MEDKIT_FAULT_TRACE=<file>`` appends
+    ``save <step> <what> <unix time>`` after each stage of a save, and ``MEDKIT_FAULT_DELAY_SAVE=<s>``
+    then sleeps that long, so that a SIGKILL sent by the test lands *inside* a save, at a known stage,
+    with high probability. Costs two dictionary lookups per stage when unset.
+    """
+    trace = os.environ.get("MEDKIT_FAULT_TRACE")
+    if trace:
+        with open(trace, "a") as f:
+            f.write(f"save {int(step)} {what} {time.time():.6f}\n")
+    delay = os.environ.get("MEDKIT_FAULT_DELAY_SAVE")
+    if delay:
+        time.sleep(float(delay))
+
+
 def _plain_tensors(group: str, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Own, contiguous CPU copies: safetensors refuses shared storage (tied weights) and views."""
     out = {}
@@ -130,6 +152,7 @@ def save_checkpoint(ckpt_dir, step: int, *, tensors: dict[str, dict[str, torch.T
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    _fault_point(step, "begin")
 
     files: list[str] = []
     for group, sd in tensors.items():
@@ -139,11 +162,13 @@ def save_checkpoint(ckpt_dir, step: int, *, tensors: dict[str, dict[str, torch.T
         save_file(_plain_tensors(group, sd), str(tmp / fn))
         _fsync_file(tmp / fn)
         files.append(fn)
+        _fault_point(step, fn)
 
     buf = io.BytesIO()
     torch.save(state, buf)
     _write_bytes_durable(tmp / "state.pt", buf.getvalue())
     files.append("state.pt")
+    _fault_point(step, "state.pt")
 
     try:
         text = json.dumps(meta, indent=1, sort_keys=True, allow_nan=True)
@@ -152,25 +177,36 @@ def save_checkpoint(ckpt_dir, step: int, *, tensors: dict[str, dict[str, torch.T
                               f"lists/dicts/numbers/strings") from e
     _write_bytes_durable(tmp / "trainer.json", text.encode())
     files.append("trainer.json")
+    _fault_point(step, "trainer.json")
 
     manifest = {"format": FORMAT_VERSION, "step": int(step),
                 "files": {fn: {"sha256": _sha256(tmp / fn), "size": (tmp / fn).stat().st_size} for fn in files}}
     _write_bytes_durable(tmp / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     _fsync_dir(tmp)
+    _fault_point(step, "manifest.json")
 
     if final.exists():  # re-saving a step (e.g. over a damaged copy): move the old one aside first
+        if _read_latest(ckpt_dir) == name:
+            # `latest` must never name a missing directory, and the swap below leaves none for an
+            # instant: drop the pointer first (resuming then takes the newest valid step_* directory)
+            (ckpt_dir / LATEST).unlink(missing_ok=True)
+            _fsync_dir(ckpt_dir)
         old = ckpt_dir / f".tmp-old-{name}-{os.getpid()}"
         if old.exists():
             shutil.rmtree(old)
         os.replace(final, old)
+        _fault_point(step, "moved-aside")
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
     _fsync_dir(ckpt_dir)
+    _fault_point(step, "renamed")
     _write_text_atomic(ckpt_dir / LATEST, name + "\n")
+    _fault_point(step, "latest")
 
     _prune(ckpt_dir, int(step), keep)
+    _fault_point(step, "pruned")
     return final
 
 
@@ -190,9 +226,20 @@ def _prune(ckpt_dir: Path, current: int, keep: int) -> None:
             kept += 1
             continue
         if s > current or kept >= keep:
-            shutil.rmtree(p, ignore_errors=True)
+            _remove_dir(p)
         else:
             kept += 1
+
+
+def _remove_dir(path: Path) -> None:
+    """Rename to ``.tmp-*`` first, then delete: a kill half-way leaves a temp directory (removed on the
+    next resume), never a half-deleted ``step_*`` one."""
+    doomed = path.with_name(f".tmp-del-{path.name}-{os.getpid()}")
+    try:
+        os.replace(path, doomed)
+    except OSError:
+        doomed = path
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _read_latest(ckpt_dir: Path) -> str | None:

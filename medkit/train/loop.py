@@ -11,6 +11,11 @@ Layout under ``run_dir``::
     checkpoints/<stage>/step_00000500/ ...   (see ``checkpoint.py``)
     logs/<stage>.jsonl                       one JSON line per logged step
     figures/<stage>_loss.png                 loss curve, redrawn at each checkpoint and at the end
+
+On Kaggle and Colab (``persist=True``) ``fit`` first restores the stage from a previous session's output
+(``/kaggle/input/...``) or from Google Drive, and on Colab mirrors each checkpoint to Drive: see
+``medkit.persist``. ``tests/test_faults.py`` kills training processes at random moments, including in the
+middle of a checkpoint write, and checks that the resumed result is bit-identical.
 """
 from __future__ import annotations
 
@@ -192,6 +197,9 @@ class Trainer:
     ``seed``: seeds torch/python/numpy RNGs at a fresh start (dropout, noise) and the data order.
     ``resume``: "auto" (continue from the newest valid checkpoint if any), "force" (the same, even
     if the config differs), "never" (start fresh; refuses if checkpoints exist, to protect them).
+    ``on_checkpoint``: callables ``f(path)`` run after each checkpoint is written (e.g. to copy it away).
+    ``persist``: on Kaggle/Colab, restore this stage from a previous session's output or Google Drive
+    before resuming, and mirror checkpoints to Drive on Colab (``medkit.persist``); no-op elsewhere.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir, stage: str,
@@ -200,7 +208,8 @@ class Trainer:
                  ckpt_every: int = 500, keep: int = 3, log_every: int = 10, budget_s="auto", seed: int = 0,
                  device=None, ignore_config_keys=DEFAULT_IGNORE, progress: bool = True,
                  resume: str = "auto", max_nonfinite: int = 5, plot: bool = True,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None,
+                 on_checkpoint: list[Callable[[Path], None]] | tuple = (), persist: bool = True):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(stage)):
             raise ValueError(f"stage={stage!r}: use letters, digits, '_', '-', '.' (it names files and folders)")
         if resume not in ("auto", "force", "never"):
@@ -235,6 +244,8 @@ class Trainer:
         self.max_nonfinite = max_nonfinite
         self.plot = plot
         self.log = log or _default_log
+        self.on_checkpoint = list(on_checkpoint)
+        self.persist = persist
 
         self.amp_dtype = env.autocast_dtype(self.device, precision)
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None)
@@ -324,7 +335,9 @@ class Trainer:
             "ignore_config_keys": list(self.ignore_config_keys),
             "last_loss": self._last_loss, "seconds": self.seconds_trained,
             "window": {"n": self._win_n, "loss": float(self._win_loss),
-                       "extras": {k: float(v) for k, v in self._win_extras.items()}},
+                       "extras": {k: float(v) for k, v in self._win_extras.items()},
+                       "lr": self._lr_now, "grad_norm": _finite_or_none(
+                           None if self._grad_norm_now is None else float(self._grad_norm_now))},
             "nonfinite_total": self.nonfinite_total, "scaler_skipped_total": self.scaler_skipped_total,
             "consecutive_nonfinite": self._consecutive_nonfinite,
             "versions": _versions(), "device": str(self.device),
@@ -347,6 +360,13 @@ class Trainer:
         self._last_ckpt_step = self.step
         self._n_saved += 1
         self._overhead["checkpoint"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if self.persist:
+            from medkit import persist
+            persist.after_checkpoint(self.run_dir, self.stage, log=self.log)
+        for callback in self.on_checkpoint:
+            callback(path)
+        self._overhead["sync"] += time.perf_counter() - t
         return path
 
     def _restore(self, tensors, state, meta) -> None:
@@ -386,6 +406,7 @@ class Trainer:
         self._consecutive_nonfinite = meta.get("consecutive_nonfinite", 0)
         win = meta.get("window") or {"n": 0, "loss": 0.0, "extras": {}}
         self._win_n, self._win_loss, self._win_extras = win["n"], win["loss"], dict(win["extras"])
+        self._lr_now, self._grad_norm_now = win.get("lr"), win.get("grad_norm")
 
     def _truncate_log(self, step: int) -> None:
         """Keep only log lines of steps <= ``step`` that are not end-of-call flushes ("partial")."""
@@ -464,6 +485,26 @@ class Trainer:
             self._pbar.set_postfix(loss=f"{loss:.4g}", refresh=False)
         self._overhead["log"] += time.perf_counter() - t
 
+    def _finish_log(self, t_fit: float) -> None:
+        """Rewrite the end-of-call flush of a finished run if a kill took it.
+
+        It is written just after the final checkpoint; a kill in between would leave the log one record
+        short. The checkpoint holds that window (and its lr and grad norm), so the record is the same.
+        """
+        if not self._win_n:
+            return
+        last = None
+        if self.log_path.exists():
+            for line in self.log_path.read_text().splitlines():
+                try:
+                    last = json.loads(line)
+                except ValueError:
+                    continue
+        if last is not None and last.get("step") == self.step and last.get("partial"):
+            return
+        self._truncate_log(self.step)
+        self._write_log(t_fit, self._lr_now, self._grad_norm_now, partial=True)
+
     def _plot(self) -> None:
         if not self.plot:
             return
@@ -480,7 +521,7 @@ class Trainer:
         ``batch`` is the DataLoader batch already on the device.
         """
         t_fit = time.perf_counter()
-        self._overhead = {"checkpoint": 0.0, "log": 0.0, "plot": 0.0, "ema": 0.0}
+        self._overhead = {"checkpoint": 0.0, "sync": 0.0, "log": 0.0, "plot": 0.0, "ema": 0.0}
         self._pbar = None
         self._last_ckpt_step = None
         self._n_saved = 0
@@ -488,6 +529,10 @@ class Trainer:
         self._config = resolved
         self._config_hash = config_hash(resolved, self.ignore_config_keys)
 
+        self._lr_now, self._grad_norm_now = float(self.optimizer.param_groups[0]["lr"]), None
+        if self.persist and self.resume != "never":
+            from medkit import persist
+            persist.restore(self.run_dir, stages=[self.stage], log=self.log)
         resumed_from = self._find_and_load(resolved)
         if resumed_from is None:
             # a fresh start seeds every global RNG, so a run does not depend on what ran before it in the
@@ -512,6 +557,7 @@ class Trainer:
             if resumed_from is not None:
                 self.log(f"{self.stage}: already trained to step {self.step} (max_steps={self.max_steps}); "
                          f"weights loaded, nothing to do")
+                self._finish_log(t_fit)
             return result("done")
         self._truncate_log(self.step)  # the log must not run ahead of the checkpoint we continue from
 
@@ -550,7 +596,7 @@ class Trainer:
                         v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
                         step_extras[k] = step_extras.get(k, 0.0) + v / self.grad_accum
 
-                lr = float(self.optimizer.param_groups[0]["lr"])
+                lr = self._lr_now = float(self.optimizer.param_groups[0]["lr"])
                 log_step = (self.step + 1) % self.log_every == 0
                 if not bool(torch.isfinite(step_loss)):  # one host sync per optimizer step
                     self.nonfinite_total += 1
@@ -590,6 +636,7 @@ class Trainer:
                         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
                         self.lr_scheduler.step()
                 self.step += 1
+                self._grad_norm_now = grad_norm
                 self._pbar.update(1)
                 if log_step:
                     self._write_log(t_fit, lr, grad_norm)

@@ -28,7 +28,7 @@
 # $s = 1/\mathrm{std}(z)$ (LDM, Rombach et al. 2022, sec. 4.3.2) gives the diffusion model unit-variance
 # data, as its noise schedule assumes; it is stored in the run directory for sampling.
 #
-# **How long:** `smoke` seconds; `cpu-demo` about 3 minutes on a 2-core CPU; `t4` several hours (50k steps).
+# **How long:** `smoke` seconds; `cpu-demo` about 6 minutes on a 2-core CPU (2000 steps); `t4` (50k steps) several hours, not yet timed.
 # Re-running resumes from the newest checkpoint.
 
 # %% [markdown]
@@ -97,7 +97,8 @@ latent_shape = tuple(mu.shape[1:])
 run.update_metrics("latents", {"scale": scale, "shape": list(latent_shape), "n": len(latents),
                                "mean_per_channel": mu.mean((0, 2, 3)).tolist(),
                                "std_per_channel": (mu + sigma * torch.randn_like(mu)).std((0, 2, 3)).tolist(),
-                               "mean_sigma": sigma.mean().item(), "vae_step": vae_meta.get("step")})
+                               "mean_sigma": sigma.mean().item(), "vae_step": vae_meta.get("step"),
+                               "abs_max": (scale * mu).abs().max().item()})
 print(f"{len(latents)} latents of shape {latent_shape}; scale s = 1/std(z) = {scale:.4f}")
 
 # %% [markdown]

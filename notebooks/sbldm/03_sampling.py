@@ -28,6 +28,11 @@
 # "leading" default starts at $t=980$, from slightly less noise than training assumed). The decoder then
 # maps $\hat z_0/s$ back to a slice. The seed's target: under 5 s per image on a T4.
 #
+# The estimate $\hat z_0$ is clipped at every step to the range of the scaled training latents (as DDPM
+# clips to the pixel range): at $t=999$ it divides the network's error by $\sqrt{\bar\alpha_t}$ (about
+# 1/160 for the linear schedule, 1/20000 for the cosine one). Without the clip, about a third of the
+# cpu-demo samples end as textured noise, and every cosine-schedule sample does.
+#
 # **How long:** `smoke` seconds; `cpu-demo` about 20 s on a 2-core CPU.
 
 # %% [markdown]
@@ -57,6 +62,7 @@ run_dir = ""           # the run directory of notebooks 1-2; "" = <run root>/sbl
 n_samples = None       # slices to generate; None = profile value (16 smoke/cpu-demo, 64 t4)
 sampling_steps = None  # DDIM steps; None = profile value (50)
 eta = 0.0              # DDIM eta: 0 deterministic, 1 DDPM-like ancestral noise
+clip_latents = True    # clip each step's z0 estimate to the training latents' range (False: no clip)
 seed = 0               # sampling seed: the same seed gives the same slices
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
 
@@ -90,9 +96,11 @@ vae, unet = sbldm.build_vae(cfg), sbldm.build_unet(cfg)
 load_weights(run.path, "vae", vae, ema=True)
 load_weights(run.path, "ldm", unet, ema=True)
 vae, unet = vae.to(dev).eval(), unet.to(dev).eval()
-scheduler = sbldm.build_scheduler(cfg, "ddim")
+clip = lat["abs_max"] if clip_latents else None
+scheduler = sbldm.build_scheduler(cfg, "ddim", clip=clip)
 scheduler.set_timesteps(steps)
-print(f"DDIM, {steps} steps, eta {eta}: timesteps {scheduler.timesteps[:3].tolist()} ... {scheduler.timesteps[-2:].tolist()}")
+print(f"DDIM, {steps} steps, eta {eta}, z0 clipped to +-{clip}: timesteps {scheduler.timesteps[:3].tolist()} ... "
+      f"{scheduler.timesteps[-2:].tolist()}")
 
 # %% [markdown]
 # ## Sample
@@ -110,7 +118,7 @@ if dev.type == "cuda":
 seconds = time.perf_counter() - t0
 np.savez_compressed(run.samples / "generated.npz", images=generated.numpy(), seed=seed, steps=steps, eta=eta)
 run.update_metrics("sampling", {"seconds_per_image": seconds / n, "n": n, "steps": steps, "eta": eta,
-                                "device": str(dev), "seed": seed})
+                                "clip": clip, "device": str(dev), "seed": seed})
 print(f"{n} slices in {seconds:.1f} s: {seconds / n:.3f} s per image on {dev}")
 
 # %%
