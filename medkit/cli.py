@@ -44,4 +44,7 @@ def main(argv=None) -> int:
         except NotebookFailed as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        except (ValueError, FileNotFoundError) as e:  # bad arguments: say which and stop
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     return 0

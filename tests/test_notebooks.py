@@ -93,3 +93,11 @@ def test_budget_stop_then_rerun_resumes(tmp_path):
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "resumed vae from step_00000000" in text
     assert (out / "checkpoints" / "vae" / "latest").read_text().strip() == "step_00000012"
+
+
+def test_cli_rejects_an_unknown_stage(tmp_path):
+    from medkit import cli
+
+    with pytest.raises(SystemExit):  # argparse: unknown method
+        cli.main(["run", "nomethod", "--out", str(tmp_path)])
+    assert cli.main(["run", "sbldm", "--out", str(tmp_path), "--stages", "05_unknown"]) == 2
