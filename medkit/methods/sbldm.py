@@ -58,7 +58,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         vae_steps=20_000, vae_lr=1e-4,
         unet_channels=(64, 128, 256), unet_res_blocks=2, unet_groups=32, unet_head_channels=32, dropout=0.1,
         ldm_batch=16, ldm_steps=50_000, ldm_lr=2e-4, warmup_steps=500,
-        ckpt_every=1000, n_samples=64, sampling_steps=50, precision="auto", gradient_checkpointing=True,
+        ckpt_every=1000, n_samples=64, sampling_steps=50, precision="auto", gradient_checkpointing=False,
     ),
 }
 COMMON: dict[str, Any] = dict(

@@ -60,12 +60,12 @@ if importlib.util.find_spec("medkit") is None:
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
 data = "mni152"        # "mni152" (real MRI shipped with nilearn) or a folder of NIfTI volumes
-run_dir = ""           # run directory shared by the four SBLDM notebooks; "" = <run root>/sbldm-<profile>
-image_size = None      # pixels per side; None = profile value (smoke 32, cpu-demo 64, t4 128)
-vae_steps = None       # optimiser steps; None = the profile value
-vae_batch = None       # slices per step; None = the profile value
+run_dir = ""           # run directory shared by the four SBLDM notebooks; empty: <run root>/sbldm-<profile>
+image_size = None      # pixels per side; None: profile value (smoke 32, cpu-demo 64, t4 128)
+vae_steps = None       # optimiser steps; None: the profile value
+vae_batch = None       # slices per step; None: the profile value
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
-budget_s = "auto"      # wall-clock limit for training in seconds; "auto" = 11h15m on Kaggle, none elsewhere
+budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15m on Kaggle, none elsewhere
 
 # %%
 import torch

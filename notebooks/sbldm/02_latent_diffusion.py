@@ -54,12 +54,12 @@ if importlib.util.find_spec("medkit") is None:
 
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
-run_dir = ""           # the run directory of notebook 1; "" = <run root>/sbldm-<profile>
-ldm_steps = None       # optimiser steps; None = profile value (cpu-demo 2000, t4 50k)
-ldm_batch = None       # latents per step; None = the profile value
-beta_schedule = None   # "linear" | "cosine"; None = linear
+run_dir = ""           # the run directory of notebook 1; empty: <run root>/sbldm-<profile>
+ldm_steps = None       # optimiser steps; None: profile value (cpu-demo 2000, t4 50k)
+ldm_batch = None       # latents per step; None: the profile value
+beta_schedule = None   # "linear" | "cosine"; None: linear
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
-budget_s = "auto"      # wall-clock limit for training in seconds; "auto" = 11h15m on Kaggle, none elsewhere
+budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15m on Kaggle, none elsewhere
 
 # %%
 import torch

@@ -58,9 +58,9 @@ if importlib.util.find_spec("medkit") is None:
 
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
-run_dir = ""           # the run directory of notebooks 1-2; "" = <run root>/sbldm-<profile>
-n_samples = None       # slices to generate; None = profile value (16 smoke/cpu-demo, 64 t4)
-sampling_steps = None  # DDIM steps; None = profile value (50)
+run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/sbldm-<profile>
+n_samples = None       # slices to generate; None: profile value (16 smoke/cpu-demo, 64 t4)
+sampling_steps = None  # DDIM steps; None: profile value (50)
 eta = 0.0              # DDIM eta: 0 deterministic, 1 DDPM-like ancestral noise
 clip_latents = True    # clip each step's z0 estimate to the training latents' range (False: no clip)
 seed = 0               # sampling seed: the same seed gives the same slices

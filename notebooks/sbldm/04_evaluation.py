@@ -51,7 +51,7 @@ if importlib.util.find_spec("medkit") is None:
 
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
-run_dir = ""           # the run directory of notebooks 1-3; "" = <run root>/sbldm-<profile>
+run_dir = ""           # the run directory of notebooks 1-3; empty: <run root>/sbldm-<profile>
 
 # %%
 import json
