@@ -1,7 +1,9 @@
-"""``python -m medkit``: run a method's notebook pipeline from the shell.
+"""``python -m medkit``: run a method's notebook pipeline or an experiment grid from the shell.
 
     python -m medkit run sbldm --profile cpu-demo --out runs/demo
     python -m medkit run sbldm --profile smoke --out runs/smoke -p vae_steps 20
+    python -m medkit grid run E2.1 --profile cpu-demo --out runs/grids/E2.1
+    python -m medkit grid show E2.1 --profile t4
 """
 from __future__ import annotations
 
@@ -31,11 +33,64 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stages", nargs="+", help="only these notebooks, e.g. 03_sampling 04_evaluation")
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a notebook parameter, e.g. -p vae_steps 500 (passed to every notebook that has it)")
+    g = sub.add_parser("grid", help="experiment grids: papermill parameter sets run cell by cell, then tabulated")
+    gsub = g.add_subparsers(dest="grid_command", required=True)
+    gr = gsub.add_parser("run", help="run every cell (finished cells are skipped, interrupted ones resume)")
+    gr.add_argument("grid", help="a grid name under configs/grids/ (e.g. E2.1) or a .yaml path")
+    gr.add_argument("--profile", default="cpu-demo", choices=["smoke", "cpu-demo", "t4"])
+    gr.add_argument("--out", required=True, help="grid directory: one run directory per cell, results.csv/md")
+    gr.add_argument("--cells", nargs="+", help="only these cells")
+    gr.add_argument("--backend", default="local", choices=["local", "kaggle"],
+                    help="local: papermill here; kaggle: each cell as a kernel version on Kaggle's runners")
+    gr.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True, help="kaggle backend: T4 GPU")
+    gr.add_argument("--dataset", action="append", default=[], metavar="OWNER/SLUG",
+                    help="kaggle backend: a dataset to attach to every cell's kernel")
+    gr.add_argument("--internet", action="store_true", help="kaggle backend: kernels with internet")
+    gs = gsub.add_parser("show", help="print a grid's cells with their parameters resolved for a profile")
+    gs.add_argument("grid")
+    gs.add_argument("--profile", default="cpu-demo", choices=["smoke", "cpu-demo", "t4"])
+    ga = gsub.add_parser("aggregate", help="(re)write results.csv, results.md and plots from the cells' metrics")
+    ga.add_argument("grid")
+    ga.add_argument("--profile", default="cpu-demo", choices=["smoke", "cpu-demo", "t4"])
+    ga.add_argument("--out", required=True)
     return p
+
+
+def _grid(args) -> int:
+    import json
+
+    from . import grid
+
+    if args.grid_command == "show":
+        spec = grid.load_grid(args.grid, args.profile)
+        print(json.dumps({k: spec[k] for k in ("name", "method", "profile", "shared_stages", "shared_params",
+                                                "vary", "metrics", "cells")}, indent=1, default=str))
+        return 0
+    if args.grid_command == "aggregate":
+        grid.aggregate(grid.load_grid(args.grid, args.profile), args.out)
+        return 0
+    opts = {}
+    if args.backend == "kaggle":
+        opts = {"gpu": args.gpu, "datasets": tuple(args.dataset), "internet": args.internet}
+    state = grid.run_grid(args.grid, args.profile, args.out, cells=args.cells, backend=args.backend, **opts)
+    failed = [c for c, e in state["cells"].items() if e.get("status") == "failed"]
+    if failed:
+        print(f"error: {len(failed)} cell(s) failed: {failed}; see error.txt in their run directories and "
+              f"{args.out}/results.md. Run the same command again to retry them.", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "grid":
+        from .grid import GridError
+
+        try:
+            return _grid(args)
+        except (GridError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.command == "run":
         from .notebooks import NotebookFailed, run_pipeline
 

@@ -66,8 +66,14 @@ COMMON: dict[str, Any] = dict(
     latent_channels=4,        # the seed's 4 latent channels
     kl_weight=1e-6,           # beta_KL (KL summed over latent elements, averaged over the batch)
     kl_warmup=0.2,            # fraction of VAE steps over which beta_KL rises from 0
-    beta_schedule="linear",   # "linear" [1e-4, 0.02] | "cosine"
+    beta_schedule="linear",   # "linear" [1e-4, 0.02] | "cosine" | "gamma" (this kit's extension)
+    schedule_gamma=1.0,       # gamma of the "gamma" schedule: beta_t = b0 + (b1 - b0) (t/(T-1))^gamma
     num_train_timesteps=1000,
+    # This kit's extensions of the seed plan (off by default; the E2 grid switches them on):
+    freq_loss="focal",        # "fft" (MSE of ortho FFTs) | "focal" (Focal Frequency Loss) when freq_lambda > 0
+    freq_lambda=0.0,          # lambda of L = L_mse + lambda * L_freq; 0 = off
+    cutmix_p=0.0,             # probability per sample of latent CutMix in training; 0 = off
+    early_stop=0.0,           # adaptive early-stop threshold of DDIM sampling; 0 = all steps
     ema_decay=0.999,
     sampling_eta=0.0,
     seed=0,
@@ -85,6 +91,18 @@ def config(profile: str = "cpu-demo", **overrides) -> dict:
     cfg.update({k: v for k, v in overrides.items() if v is not None})
     for k in ("vae_channels", "unet_channels"):
         cfg[k] = tuple(cfg[k])
+    checks = [("beta_schedule", cfg["beta_schedule"] in ("linear", "cosine", "gamma"), "'linear', 'cosine' or 'gamma'"),
+              ("schedule_gamma", isinstance(cfg["schedule_gamma"], (int, float)) and cfg["schedule_gamma"] > 0,
+               "a positive number (1 = linear)"),
+              ("freq_loss", cfg["freq_loss"] in ("fft", "focal"), "'fft' or 'focal'"),
+              ("freq_lambda", isinstance(cfg["freq_lambda"], (int, float)) and cfg["freq_lambda"] >= 0, "a number >= 0"),
+              ("cutmix_p", isinstance(cfg["cutmix_p"], (int, float)) and 0 <= cfg["cutmix_p"] <= 1,
+               "a probability in [0, 1]"),
+              ("early_stop", isinstance(cfg["early_stop"], (int, float)) and cfg["early_stop"] >= 0,
+               "a threshold >= 0 (0 = all steps)")]
+    for name, ok, what in checks:
+        if not ok:
+            raise ValueError(f"SBLDM setting {name}={cfg[name]!r}: use {what}")
     if cfg["image_size"] % 2 ** (len(cfg["vae_channels"]) - 1):
         raise ValueError(f"image_size={cfg['image_size']} must be divisible by the VAE's downsampling "
                          f"factor {2 ** (len(cfg['vae_channels']) - 1)}")
@@ -93,6 +111,13 @@ def config(profile: str = "cpu-demo", **overrides) -> dict:
 
 # --------------------------------------------------------------------------------------- VAE
 def build_vae(cfg: dict) -> torch.nn.Module:
+    """The VAE of ``cfg``, its weights initialised from ``cfg['seed']`` (same seed, same network)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"])
+        return _make_vae(cfg)
+
+
+def _make_vae(cfg: dict) -> torch.nn.Module:
     return nets.make_vae(spatial_dims=2, in_channels=1, latent_channels=cfg["latent_channels"],
                          channels=cfg["vae_channels"], num_res_blocks=cfg["vae_res_blocks"],
                          norm_num_groups=cfg["vae_groups"],
@@ -192,6 +217,13 @@ def latent_scale(mu: torch.Tensor, sigma: torch.Tensor, seed: int = 0) -> float:
 
 # ------------------------------------------------------------------------------ latent diffusion
 def build_unet(cfg: dict) -> torch.nn.Module:
+    """The latent UNet of ``cfg``, its weights initialised from ``cfg['seed']`` (same seed, same network)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg["seed"] + 1)
+        return _make_unet(cfg)
+
+
+def _make_unet(cfg: dict) -> torch.nn.Module:
     return nets.make_unet(spatial_dims=2, in_channels=cfg["latent_channels"], channels=cfg["unet_channels"],
                           num_res_blocks=cfg["unet_res_blocks"], num_head_channels=cfg["unet_head_channels"],
                           norm_num_groups=cfg["unet_groups"], dropout=cfg["dropout"],
@@ -201,17 +233,37 @@ def build_unet(cfg: dict) -> torch.nn.Module:
 def build_scheduler(cfg: dict, kind: str = "ddim", clip: float | None = None):
     """The diffusers scheduler; ``clip`` bounds each step's z0 estimate to [-clip, clip] (sampling only)."""
     return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"],
-                                    beta_schedule=cfg["beta_schedule"], clip_sample=clip is not None,
+                                    beta_schedule=cfg["beta_schedule"], gamma=cfg.get("schedule_gamma", 1.0),
+                                    clip_sample=clip is not None,
                                     clip_sample_range=float(clip) if clip is not None else 1.0)
 
 
-def ldm_loss(unet, z0: torch.Tensor, step: int, scheduler):
-    """L_LDM: t ~ U{0..T-1}, eps ~ N(0, I), x_t = q(x_t | z0), MSE(eps_theta(x_t, t), eps)."""
+def ldm_loss(unet, z0: torch.Tensor, step: int, scheduler, cfg: dict | None = None):
+    """L_LDM: t ~ U{0..T-1}, eps ~ N(0, I), x_t = q(x_t | z0), MSE(eps_theta(x_t, t), eps).
+
+    With ``cfg`` this kit's extensions apply: latent CutMix of z0 before noising with probability
+    ``cutmix_p`` (``augment.latent_cutmix``; the target follows the mixed z0), and
+    L = L_mse + freq_lambda * L_freq with L_freq the ``freq_loss`` ("fft" or "focal") between the
+    network output and its target. Returns the loss, or (loss, parts) when an extension is on.
+    """
+    cfg = cfg or {}
+    if cfg.get("cutmix_p", 0.0) > 0:
+        from ..augment import latent_cutmix
+
+        z0 = latent_cutmix(z0, cfg["cutmix_p"])
     t = torch.randint(0, scheduler.config.num_train_timesteps, (z0.shape[0],), device=z0.device)
     eps = torch.randn_like(z0)
     x_t = diffusion.add_noise(scheduler, z0, eps, t)
-    eps_theta = unet(x_t, t)
-    return F.mse_loss(eps_theta.float(), diffusion.training_target(scheduler, z0, eps, t).float())
+    out = unet(x_t, t).float()
+    target = diffusion.training_target(scheduler, z0, eps, t).float()
+    mse = F.mse_loss(out, target)
+    lam = cfg.get("freq_lambda", 0.0)
+    if not lam:
+        return mse
+    from ..losses import frequency_loss
+
+    freq = frequency_loss(out, target, kind=cfg.get("freq_loss", "focal"))
+    return mse + lam * freq, {"mse": mse.detach(), "freq": freq.detach()}
 
 
 def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, floor: float = 0.1):
@@ -226,16 +278,29 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, floor: float =
 
 @torch.no_grad()
 def sample(unet, vae, scheduler, n: int, latent_shape, scale: float, *, steps: int = 50, eta: float = 0.0,
-           seed: int = 0, device="cpu", batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """n slices: DDIM from x_T ~ N(0, I) in latent space, then x = D(z0 / s), clamped to [-1, 1]."""
+           seed: int = 0, device="cpu", batch_size: int = 64, progress: bool = True, early_stop: float = 0.0,
+           return_steps: bool = False):
+    """n slices: DDIM from x_T ~ N(0, I) in latent space, then x = D(z0 / s), clamped to [-1, 1].
+
+    ``early_stop`` > 0 uses ``diffusion.sample_early_stop`` with that threshold; ``return_steps`` also
+    returns the network calls each sample had (a long tensor).
+    """
     unet.eval()
     vae.eval()
     g = torch.Generator().manual_seed(seed)
-    out = []
+    out, taken = [], []
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
-        z0 = diffusion.sample(lambda x, t: unet(x, t), scheduler, (b, *latent_shape),
-                              num_inference_steps=steps, eta=eta, generator=g, device=device,
-                              progress=progress)
+        if early_stop and early_stop > 0:
+            z0, k = diffusion.sample_early_stop(lambda x, t: unet(x, t), scheduler, (b, *latent_shape),
+                                                threshold=early_stop, num_inference_steps=steps, eta=eta,
+                                                generator=g, device=device, progress=progress)
+        else:
+            z0 = diffusion.sample(lambda x, t: unet(x, t), scheduler, (b, *latent_shape),
+                                  num_inference_steps=steps, eta=eta, generator=g, device=device,
+                                  progress=progress)
+            k = torch.full((b,), steps, dtype=torch.long)
         out.append(vae.decode(z0 / scale).float().clamp(-1, 1).cpu())
-    return torch.cat(out)
+        taken.append(k)
+    images = torch.cat(out)
+    return (images, torch.cat(taken)) if return_steps else images

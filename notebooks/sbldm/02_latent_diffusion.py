@@ -57,7 +57,11 @@ profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) |
 run_dir = ""           # the run directory of notebook 1; empty: <run root>/sbldm-<profile>
 ldm_steps = None       # optimiser steps; None: profile value (cpu-demo 2000, t4 50k)
 ldm_batch = None       # latents per step; None: the profile value
-beta_schedule = None   # "linear" | "cosine"; None: linear
+beta_schedule = None   # "linear" | "cosine" | "gamma"; None: linear
+schedule_gamma = None  # gamma of the "gamma" schedule (0.5 noisier early, 1 linear, 2 later); None: 1
+freq_lambda = None     # weight of the frequency-aware loss term; None or 0: off
+freq_loss = None       # "focal" (Focal Frequency Loss) | "fft" (MSE of FFTs); None: focal
+cutmix_p = None        # probability of latent CutMix per training sample; None or 0: off
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15m on Kaggle, none elsewhere
 
@@ -76,7 +80,8 @@ vae_cfg = run.load_config("vae", needed_by="latent diffusion")
 # The data and the VAE's shape come from notebook 1; only the diffusion settings are set here.
 cfg = sbldm.config(profile, **{k: vae_cfg[k] for k in ("data", "image_size", "vae_channels", "vae_res_blocks",
                                                         "vae_groups", "latent_channels", "seed")},
-                   ldm_steps=ldm_steps, ldm_batch=ldm_batch, beta_schedule=beta_schedule)
+                   ldm_steps=ldm_steps, ldm_batch=ldm_batch, beta_schedule=beta_schedule,
+                   schedule_gamma=schedule_gamma, freq_lambda=freq_lambda, freq_loss=freq_loss, cutmix_p=cutmix_p)
 dev = env.pick_device(device)
 run.save_config("ldm", cfg)
 print(f"run directory: {run.path}")
@@ -120,6 +125,23 @@ fig.savefig(run.figures / "latent_histogram.png", dpi=110)
 # ## Model and noise schedule
 # MONAI's `DiffusionModelUNet` (residual blocks, self-attention only at the deepest level, sinusoidal
 # time embedding) and a diffusers DDPM schedule; models and schedulers stay separate.
+#
+# Besides DDPM's linear and the cosine schedule (Nichol & Dhariwal 2021), this kit offers the seed
+# plan's **gamma-rebalanced** schedule (an extension, not a published one),
+# $\beta_t = \beta_{min} + (\beta_{max}-\beta_{min})\,(t/(T-1))^\gamma$: $\gamma=1$ is linear, $\gamma<1$
+# adds noise earlier, $\gamma>1$ later. The figure compares the schedules by $\beta_t$, $\bar\alpha_t$ and
+# the signal-to-noise ratio $\mathrm{SNR}_t=\bar\alpha_t/(1-\bar\alpha_t)$.
+
+# %%
+from medkit import diffusion
+
+compare = {"linear": sbldm.build_scheduler({**cfg, "beta_schedule": "linear"}, "ddpm"),
+           "cosine": sbldm.build_scheduler({**cfg, "beta_schedule": "cosine"}, "ddpm"),
+           **{f"gamma {g}": sbldm.build_scheduler({**cfg, "beta_schedule": "gamma", "schedule_gamma": g}, "ddpm")
+              for g in (0.5, 2.0)}}
+if cfg["beta_schedule"] == "gamma" and cfg["schedule_gamma"] not in (0.5, 1.0, 2.0):
+    compare[f"gamma {cfg['schedule_gamma']}"] = sbldm.build_scheduler(cfg, "ddpm")
+diffusion.plot_schedules(compare, run.figures / "schedules.png");
 
 # %%
 unet = sbldm.build_unet(cfg)
@@ -132,13 +154,19 @@ print(f"DiffusionModelUNet: {medkit.nets.count_parameters(unet) / 1e6:.2f} M par
 # %% [markdown]
 # ## Train
 # The training step is $\mathcal L_{LDM}$ above (`sbldm.ldm_loss`): draw $t$ and $\epsilon$, noise the
-# latent, regress the noise.
+# latent, regress the noise. Two of this kit's extensions (off unless set above):
+# - **frequency-aware loss** $\mathcal L = \mathcal L_{mse} + \lambda\,\mathcal L_{freq}$ on the network output
+#   and its target: `focal` is the Focal Frequency Loss (Jiang et al., ICCV 2021), which weights each
+#   frequency by its current error; `fft` is the MSE of orthonormal FFTs - by Parseval's theorem that
+#   equals the pixel MSE, so on its own it only rescales the loss;
+# - **latent CutMix** with probability $p$: a random box of another sample's $z_0$ is pasted in before
+#   noising; the target follows the mixed latent. Never applied at sampling.
 
 # %%
 trainer = Trainer(unet, opt, run_dir=run.path, stage="ldm", config=cfg, max_steps=cfg["ldm_steps"],
                   lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
                   ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"], device=dev)
-result = trainer.fit(latents, cfg["ldm_batch"], lambda m, z0, step: sbldm.ldm_loss(m, z0, step, scheduler))
+result = trainer.fit(latents, cfg["ldm_batch"], lambda m, z0, step: sbldm.ldm_loss(m, z0, step, scheduler, cfg))
 print(result)
 if not result.finished:
     raise SystemExit(f"Stopped by the wall-clock budget at step {result.step}: run this notebook again to continue.")
@@ -152,5 +180,7 @@ viz.plot_losses({"latent diffusion": log});  # the trainer saved figures/ldm_los
 tail = [r["loss"] for r in log[-max(1, len(log) // 10):]]
 run.update_metrics("ldm", {"final_loss": sum(tail) / len(tail), "steps": result.step,
                            "params": medkit.nets.count_parameters(unet), "beta_schedule": cfg["beta_schedule"],
+                           "schedule_gamma": cfg["schedule_gamma"], "freq_lambda": cfg["freq_lambda"],
+                           "freq_loss": cfg["freq_loss"], "cutmix_p": cfg["cutmix_p"],
                            "train_seconds": result.seconds, "loop_overhead_pct": 100 * result.overhead_seconds / max(result.seconds, 1e-9)})
 print(f"final loss (mean of the last {len(tail)} logged values): {sum(tail) / len(tail):.4f}")
