@@ -4,6 +4,7 @@
     python -m medkit run sbldm --profile smoke --out runs/smoke -p vae_steps 20
     python -m medkit grid run E2.1 --profile cpu-demo --out runs/grids/E2.1
     python -m medkit grid show E2.1 --profile t4
+    python -m medkit kaggle push sbldm/01_vae --gpu -p profile t4 --dry-run
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("grid")
     ga.add_argument("--profile", default="cpu-demo", choices=["smoke", "cpu-demo", "t4"])
     ga.add_argument("--out", required=True)
+    from . import kaggle
+
+    kaggle.add_subparser(sub)
     return p
 
 
@@ -83,6 +87,10 @@ def _grid(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "kaggle":
+        from . import kaggle
+
+        return kaggle.main(args)
     if args.command == "grid":
         from .grid import GridError
 

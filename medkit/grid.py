@@ -68,14 +68,14 @@ def grid_path(grid: str | os.PathLike) -> Path:
     return q
 
 
-def _notebook_parameters(method: str) -> set[str]:
-    """Every parameter name of the method's notebooks' parameters cells (papermill's own parser)."""
+def _notebook_parameters(method: str, stages=None) -> set[str]:
+    """The parameter names of the method's notebooks' parameters cells (papermill's own parser)."""
     import papermill as pm
 
     from .notebooks import PIPELINES, notebook_path
 
     names: set[str] = set()
-    for stage in PIPELINES[method]:
+    for stage in stages or PIPELINES[method]:
         names |= set(pm.inspect_notebook(str(notebook_path(method, stage))))
     return names
 
@@ -209,18 +209,24 @@ def _notebook_seconds(nb_path: Path) -> float:
 
 
 def _run_one(method, profile, run_dir: Path, params, stages, backend, log, remote_opts) -> dict:
+    accepted = _notebook_parameters(method, stages)
+    params = {k: v for k, v in params.items() if k in accepted}  # e.g. n_samples is not the VAE's business
     t = time.perf_counter()
     if backend == "local":
         from .notebooks import run_pipeline
 
         run_pipeline(method, profile, run_dir, params, stages, log=log)
+        remote = {}
     else:
         from . import kaggle
 
-        kaggle.run_grid_cell(method, profile, run_dir, params, stages, log=log, **remote_opts)
+        remote = kaggle.run_grid_cell(method, profile, run_dir, params, stages, log=log, **remote_opts)
     wall = time.perf_counter() - t
     inside = sum(_notebook_seconds(run_dir / "notebooks" / f"{s}.ipynb") for s in stages) if backend == "local" else None
-    return {"seconds": wall, "notebook_cell_seconds": inside}
+    out = {"seconds": wall, "notebook_cell_seconds": inside}
+    if remote:
+        out.update({k: remote.get(k) for k in ("ref", "version", "url")})
+    return out
 
 
 def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, cells=None, backend: str = "local",
@@ -294,10 +300,14 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
             continue
         log(f"[grid] {name}: {cell['params']} stages {cell['stages']}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        if spec["shared_stages"]:
+        opts = dict(remote_opts)
+        if spec["shared_stages"] and backend == "local":
             _link_shared(out / SHARED, run_dir)
+        elif spec["shared_stages"]:  # Kaggle: the shared kernel's output is attached; persist.restore copies it in
+            ref = state["cells"].get(SHARED, {}).get("ref")
+            opts["kernel_sources"] = tuple(opts.get("kernel_sources", ())) + ((ref,) if ref else ())
         try:
-            r = _run_one(spec["method"], profile, run_dir, cell["params"], cell["stages"], backend, log, remote_opts)
+            r = _run_one(spec["method"], profile, run_dir, cell["params"], cell["stages"], backend, log, opts)
             state["cells"][name] = {"status": "done", "key": key, "params": cell["params"], **r}
             (run_dir / "error.txt").unlink(missing_ok=True)
         except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the grid goes on
@@ -373,6 +383,7 @@ def aggregate(spec: dict | str, out: str | os.PathLike, profile: str = "cpu-demo
            "all scalars of every cell's metrics.json are in results.csv."]
     (out / "results.md").write_text("\n".join(md) + "\n")
     _plots(df, spec, out / "figures")
+    _galleries(df, out, out / "figures" / "galleries.png", title=f"{spec['name']} ({spec['profile']})")
     log(f"[grid] {spec['name']}: {int((df['status'] == 'done').sum())}/{len(df)} cells done; "
         f"{out / 'results.csv'}, {out / 'results.md'}, {out / 'figures'}")
     return df
@@ -417,3 +428,32 @@ def _plots(df, spec: dict, fig_dir: Path) -> None:
         fig.tight_layout()
         fig.savefig(fig_dir / f"{metric.replace('.', '_')}.png", dpi=110)
         plt.close(fig)
+
+
+def _galleries(df, out: Path, path: Path, per_cell: int = 8, title: str = "") -> None:
+    """One row of generated samples per finished cell (the first ``per_cell`` of samples/generated.npz)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = []
+    for _, r in df[df["status"] == "done"].iterrows():
+        f = out / r["cell"] / "samples" / "generated.npz"
+        if f.exists():
+            with np.load(f) as z:
+                rows.append((r["cell"], z["images"][:per_cell]))
+    if not rows:
+        return
+    k = max(len(x) for _, x in rows)
+    fig, axes = plt.subplots(len(rows), k, figsize=(1.3 * k, 1.4 * len(rows)), squeeze=False)
+    for i, (name, imgs) in enumerate(rows):
+        for j in range(k):
+            ax = axes[i, j]
+            ax.axis("off")
+            if j < len(imgs):
+                ax.imshow(imgs[j, 0], cmap="gray", vmin=-1, vmax=1)
+        axes[i, 0].set_title(name, fontsize=8, loc="left")
+    fig.suptitle(f"{title}: generated samples per cell (seed 0)", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

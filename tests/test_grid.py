@@ -1,0 +1,123 @@
+"""Experiment grids: grid files, the runner (skip, resume, failures) and the aggregation."""
+import json
+import time
+
+import pandas as pd
+import pytest
+
+from medkit import cli, grid
+
+GRIDS = sorted(p.stem for p in grid.GRID_DIR.glob("*.yaml"))
+
+
+def test_the_shipped_grids_cover_the_plan():
+    assert {"E1", "E2.1", "E2.2", "E2.3", "E2.4", "E3"} <= set(GRIDS)
+    for name in GRIDS:
+        for profile in grid.PROFILES:
+            spec = grid.load_grid(name, profile)
+            assert spec["cells"] and spec["metrics"], name
+    e21 = grid.load_grid("E2.1", "cpu-demo")["cells"]
+    assert [(c["params"]["beta_schedule"], c["params"].get("schedule_gamma")) for c in e21.values()] == [
+        ("linear", None), ("cosine", None), ("gamma", 0.5), ("gamma", 1.0), ("gamma", 2.0)]
+    assert sorted(c["params"]["freq_lambda"] for c in grid.load_grid("E2.2")["cells"].values()) == [0, 0.01, 0.1, 0.5]
+    assert sorted(c["params"]["cutmix_p"] for c in grid.load_grid("E2.3")["cells"].values()) == [0, 0.25, 0.5]
+    assert sorted(c["params"]["early_stop"] for c in grid.load_grid("E2.4")["cells"].values()) == [0, 0.01, 0.05, 0.1]
+    # per-profile values: E3.3 samples 1000 slices on a T4 only
+    assert grid.load_grid("E3", "t4")["cells"]["E3.3-1000-samples"]["params"]["n_samples"] == 1000
+    assert grid.load_grid("E3", "smoke")["cells"]["E3.3-1000-samples"]["params"]["n_samples"] == 16
+
+
+@pytest.mark.parametrize("text, match", [
+    ("method: sbldm\ncells: {a: {nonsense: 1}}\n", r"cell 'a': unknown notebook parameter\(s\) \['nonsense'\]"),
+    ("method: nomethod\ncells: {a: {}}\n", r"method='nomethod'; available"),
+    ("method: sbldm\nsteps: 3\ncells: {a: {}}\n", r"unknown top-level key\(s\) \['steps'\]"),
+    ("method: sbldm\ncells: {a: {ldm_steps: {smok: 3}}}\n", r"per-profile keys \['smok'\] are not profiles"),
+    ("method: sbldm\nshared_stages: [02_latent_diffusion]\ncells: {a: {}}\n", r"shared_stages must be the first"),
+    ("method: sbldm\ncells: {}\n", r"'cells' must be a non-empty mapping"),
+    ("method: sbldm\ncells: {'a/b': {}}\n", r"cell names are letters"),
+    ("method: sbldm\ncells: [a, b\n", r"not valid YAML"),
+])
+def test_malformed_grid_files_are_refused_with_the_reason(tmp_path, text, match):
+    f = tmp_path / "bad.yaml"
+    f.write_text(text)
+    with pytest.raises(grid.GridError, match=match):
+        grid.load_grid(f, "smoke")
+
+
+def test_unknown_grid_name_lists_the_known_ones(capsys):
+    with pytest.raises(grid.GridError, match=r"known grids: \[.*'E2.1'"):
+        grid.load_grid("E9")
+    assert cli.main(["grid", "run", "E9", "--profile", "smoke", "--out", "unused"]) == 2
+    assert "error: no grid named 'E9'" in capsys.readouterr().err
+
+
+def test_smoke_grid_end_to_end_skip_and_failure(tmp_path, capsys):
+    """E2.4 at the smoke profile: shared VAE + LDM, four sampling cells, then tables and plots."""
+    out = tmp_path / "E2.4"
+    assert cli.main(["grid", "run", "E2.4", "--profile", "smoke", "--out", str(out)]) == 0
+    state = json.loads((out / "grid_state.json").read_text())
+    assert [state["cells"][c]["status"] for c in ("_shared", "threshold-0", "threshold-0.01", "threshold-0.05",
+                                                  "threshold-0.1")] == ["done"] * 5
+    df = pd.read_csv(out / "results.csv")
+    assert list(df["cell"]) == ["threshold-0", "threshold-0.01", "threshold-0.05", "threshold-0.1"]
+    assert (df["status"] == "done").all()
+    assert list(df["early_stop"]) == [0, 0.01, 0.05, 0.1]
+    assert df.loc[0, "sampling.mean_steps_taken"] == 10  # threshold 0 runs every planned step
+    assert (df["sampling.mean_steps_taken"] <= 10).all() and (df["sampling.mean_steps_taken"] >= 2).all()
+    # every cell sampled with the one shared model (same checkpoint step), but wrote its own samples
+    assert df["ldm.steps"].nunique() == 1 and df["eval.mmd_vae_latent"].notna().all()
+    md = (out / "results.md").read_text()
+    assert "| cell | status | early_stop | sampling.mean_steps_taken" in md
+    for f in ("sampling_mean_steps_taken.png", "eval_mmd_vae_latent.png", "galleries.png"):
+        assert (out / "figures" / f).stat().st_size > 5000
+    # grid overhead per cell: wall time outside the notebooks' cells (kernel start-up, papermill)
+    for c in ("threshold-0", "threshold-0.1"):
+        e = state["cells"][c]
+        assert 0 < e["seconds"] - e["notebook_cell_seconds"] < 30, e
+
+    # Running it again skips every finished cell (nothing is executed) and re-aggregates.
+    capsys.readouterr()
+    t = time.perf_counter()
+    assert cli.main(["grid", "run", "E2.4", "--profile", "smoke", "--out", str(out)]) == 0
+    assert time.perf_counter() - t < 20
+    assert capsys.readouterr().out.count("done earlier, skipped") == 5
+
+    # A failing cell is recorded with its error and the grid goes on to the next one.
+    spec = (grid.GRID_DIR / "E2.4.yaml").read_text().split("cells:")[0]
+    bad = tmp_path / "with_failure.yaml"
+    bad.write_text(spec + "cells:\n  broken: {early_stop: -1.0}\n  fine: {early_stop: 0.2}\n")
+    assert cli.main(["grid", "run", str(bad), "--profile", "smoke", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "1 cell(s) failed: ['broken']" in err
+    state = json.loads((out / "grid_state.json").read_text())
+    assert state["cells"]["broken"]["status"] == "failed" and "early_stop=-1.0" in state["cells"]["broken"]["error"]
+    assert state["cells"]["fine"]["status"] == "done"
+    assert "early_stop=-1.0: must be >= 0" in (out / "broken" / "error.txt").read_text()
+    md = (out / "results.md").read_text()
+    assert "Failed cells:" in md and "- broken:" in md
+
+
+def test_grid_on_kaggle_attaches_the_shared_kernel_to_every_cell(tmp_path, monkeypatch):
+    """--backend kaggle: the shared stages run as one kernel, each cell as a kernel with it attached."""
+    from test_kaggle import FakeApi
+
+    for k in [k for k in __import__("os").environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    api = FakeApi(["complete"] * 5)
+    state = grid.run_grid("E2.4", "smoke", tmp_path / "E2.4", backend="kaggle", log=lambda m: None, api=api,
+                          owner="me", poll_s=0, sleep=lambda s: None)
+    assert all(e["status"] == "done" for e in state["cells"].values()), state["cells"]
+    metas = [m for m, _ in api.pushed]
+    assert len(metas) == 5 and metas[0]["kernel_sources"] == []
+    shared_ref = state["cells"]["_shared"]["ref"]
+    assert shared_ref == metas[0]["id"]
+    assert all(m["kernel_sources"] == [shared_ref] for m in metas[1:])
+    # each cell kernel runs only its own stages, with its own parameters
+    injected = [nb.metadata.papermill.parameters for _, nb in api.pushed]
+    assert injected[0]["stages"] == ["01_vae", "02_latent_diffusion"], injected[0]
+    assert "n_samples" not in injected[0]["params"]  # only what the shared notebooks take
+    assert [p["params"]["early_stop"] for p in injected[1:]] == [0.0, 0.01, 0.05, 0.1]
+    assert all(p["profile"] == "smoke" for p in injected)
+    df = pd.read_csv(tmp_path / "E2.4" / "results.csv")
+    assert (df["status"] == "done").all() and len(df) == 4
