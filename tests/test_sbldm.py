@@ -81,3 +81,25 @@ def test_ldm_loss_and_sampling_shapes():
     assert loss.ndim == 0 and torch.isfinite(loss)
     x = sbldm.sample(unet, vae, sbldm.build_scheduler(cfg), 3, (4, 8, 8), 1.0, steps=3, progress=False)
     assert x.shape == (3, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
+
+
+def test_gpu_benchmark_runs_a_profile_and_refuses_bad_slices(tmp_path):
+    """sbldm_bench on the smoke profile (CPU): the real networks and trainer, figures that add up."""
+    import numpy as np
+
+    from medkit.methods import sbldm_bench
+
+    res = sbldm_bench.main(["--profile", "smoke", "--steps", "8", "--stage", "ldm", "sample",
+                            "--json", str(tmp_path / "b.json")])
+    st, smp = res["stages"]
+    assert smp["stage"] == "sample" and smp["n"] == 16 and smp["ddim_steps"] == 5 and smp["seconds_per_image"] > 0
+    assert st["stage"] == "ldm" and st["steps"] == 8 and st["checkpoints"] >= 2  # ckpt_every 5 in smoke, and the last step
+    assert st["median_s_per_step"] > 0 and st["images_per_s"] > 0
+    assert st["checkpoint_s_each"] > 0 and st["overhead_pct_of_step_time"] > 0
+    assert (tmp_path / "b.json").is_file()
+    np.save(tmp_path / "wrong.npy", np.zeros((4, 1, 16, 16), dtype="float32"))
+    with pytest.raises(ValueError, match=r"--slices .*wrong.npy: expected an \(N, 1, 32, 32\) array"):
+        sbldm_bench.main(["--profile", "smoke", "--stage", "vae", "--steps", "3", "--slices", str(tmp_path / "wrong.npy")])
+    (tmp_path / "junk.npy").write_text("not an array")
+    with pytest.raises(ValueError, match="not a readable .npy"):
+        sbldm_bench.main(["--profile", "smoke", "--stage", "vae", "--steps", "3", "--slices", str(tmp_path / "junk.npy")])

@@ -7,7 +7,8 @@ Trains the profile's real networks (``build_vae`` / ``build_unet``) with the rea
 kit's ``Trainer`` - EMA, logging, loss plots and checkpoints at the profile's ``ckpt_every`` - and
 reports, per stage: median seconds per optimizer step, images per second, peak GPU memory (allocated and
 reserved by PyTorch's caching allocator), the seconds one checkpoint takes, the loop's own overhead as a
-% of step time (``TrainResult.overhead``) and the fp16 GradScaler skips.
+% of step time (``TrainResult.overhead``) and the fp16 GradScaler skips; ``--stage sample`` times DDIM
+sampling and decoding per image.
 
 The VAE trains on MNI152 slices at the profile's resolution (or on ``--slices``, an (N, 1, H, W) float
 array in [-1, 1], where nilearn is not installed); the latent UNet trains on unit-variance latents of the
@@ -73,7 +74,35 @@ class _StepTimer:
         self.last = now
 
 
+def run_sampling(cfg: dict, *, device, n: int = 64, steps: int | None = None) -> dict:
+    """Seconds per image of DDIM sampling + decoding at the profile's sizes (untrained weights: same cost)."""
+    vae, unet = sbldm.build_vae(cfg).to(device).eval(), sbldm.build_unet(cfg).to(device).eval()
+    f = 2 ** (len(cfg["vae_channels"]) - 1)
+    shape = (cfg["latent_channels"], cfg["image_size"] // f, cfg["image_size"] // f)
+    sch = sbldm.build_scheduler(cfg, "ddim", clip=5.0)
+    steps = steps or cfg["sampling_steps"]
+    amp = env.autocast_dtype(device, cfg["precision"])
+    times = []
+    for _ in range(3):  # the first call includes cuDNN autotuning; report the median of three
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            sbldm.sample(unet, vae, sch, n, shape, 1.0, steps=steps, device=device, batch_size=n, progress=False)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    out = {"stage": "sample", "n": n, "ddim_steps": steps, "batch": n,
+           "precision": str(amp or torch.float32).replace("torch.", ""),
+           "seconds_per_image": round(statistics.median(times) / n, 4), "runs_s": [round(x, 2) for x in times]}
+    if device.type == "cuda":
+        out["peak_allocated_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    return out
+
+
 def run_stage(stage: str, cfg: dict, *, steps: int, device, slices: str | None = None) -> dict:
+    if stage == "sample":
+        return run_sampling(cfg, device=device, n=min(64, cfg["n_samples"]))
     torch.manual_seed(cfg["seed"])
     if stage == "vae":
         model = sbldm.build_vae(cfg)
@@ -132,7 +161,8 @@ def run_stage(stage: str, cfg: dict, *, steps: int, device, slices: str | None =
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="t4", choices=sorted(sbldm.PROFILES))
-    ap.add_argument("--stage", nargs="+", default=["vae", "ldm"], choices=["vae", "ldm"])
+    ap.add_argument("--stage", nargs="+", default=["vae", "ldm"], choices=["vae", "ldm", "sample"],
+                    help="vae / ldm: training steps; sample: DDIM sampling + decoding, seconds per image")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per stage (default ckpt_every + 100)")
     ap.add_argument("--precision", default=None, help="auto | fp32 | fp16 | bf16 (default: the profile's)")
     ap.add_argument("--no-checkpointing", action="store_true", help="gradient checkpointing off")
