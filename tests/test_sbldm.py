@@ -10,7 +10,7 @@ def test_config_resolution_and_errors():
     assert cfg["vae_steps"] == 5 and cfg["image_size"] == 64 and cfg["profile"] == "cpu-demo"
     t4 = sbldm.config("t4")
     assert (t4["image_size"], t4["vae_batch"], t4["ldm_batch"], t4["ldm_steps"]) == (128, 32, 16, 50_000)
-    assert t4["gradient_checkpointing"] and t4["unet_channels"] == (64, 128, 256)
+    assert not t4["gradient_checkpointing"] and t4["unet_channels"] == (64, 128, 256)  # fits 16 GB without it (measured)
     assert sbldm.config("smoke", vae_channels=[8, 16, 16])["vae_channels"] == (8, 16, 16)  # JSON lists back to tuples
     with pytest.raises(ValueError, match="profile='gpu'"):
         sbldm.config("gpu")

@@ -110,6 +110,7 @@ def plot_schedules(schedulers: dict, path=None):
         ax.set_title(title)
         ax.set_xlabel("t")
         ax.grid(alpha=0.3)
+    axes[0].set_yscale("log")  # cosine's betas reach 0.999 at t = T-1; the others stay below 0.02
     axes[0].legend(fontsize=8)
     fig.tight_layout()
     if path is not None:
