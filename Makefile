@@ -20,7 +20,7 @@ $(VENV)/.medkit-installed: requirements.txt pyproject.toml
 	  else $(PYTHON) -m venv $(VENV); fi; fi
 	@$(PY) -c "import torch" 2>/dev/null || { echo "[setup] installing torch==$(TORCH_VERSION)"; \
 	  $(PY) -m pip install -q torch==$(TORCH_VERSION); }
-	$(PY) -m pip install -q -r requirements.txt pytest
+	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -e .
 	@$(PY) -c "import torch, monai, diffusers, torchmetrics; print('[setup] torch', torch.__version__, '| monai', monai.__version__, '| diffusers', diffusers.__version__)"
 	@touch $@
@@ -31,8 +31,13 @@ demo: setup
 smoke: setup
 	$(PY) -m medkit run sbldm --profile smoke --out runs/smoke
 
-test: setup
-	$(PY) -m pytest -q tests
+# Test-only packages (pytest, the reference implementations the tests compare against).
+$(VENV)/.medkit-test: $(VENV)/.medkit-installed requirements-test.txt
+	$(PY) -m pip install -q -r requirements-test.txt
+	@touch $@
+
+test: setup $(VENV)/.medkit-test
+	MEDKIT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q tests
 
 sync: setup
 	$(VENV)/bin/jupytext --sync notebooks/*/*.py
