@@ -31,7 +31,7 @@
 # informative (a reconstruction bottleneck, not a generative prior). The seed's success criterion for this
 # stage: SSIM > 0.85 and PSNR > 25 dB on held-out slices.
 #
-# **How long:** `smoke` seconds; `cpu-demo` about 3 minutes on a 2-core CPU (1000 steps); `t4` (20k steps at 128 px, fp16) about 16 minutes on an H100 (0.049 s/step measured), longer on a T4 (not yet timed).
+# **How long:** `smoke` seconds; `cpu-demo` about 2 minutes on a 2-core CPU (1000 steps); `t4` (20k steps at 128 px, fp16) about 16 minutes on an H100 (0.049 s/step measured), longer on a T4 (not yet timed).
 # Re-running the notebook resumes from the newest checkpoint in the run directory.
 
 # %% [markdown]

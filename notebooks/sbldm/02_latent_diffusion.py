@@ -28,7 +28,7 @@
 # $s = 1/\mathrm{std}(z)$ (LDM, Rombach et al. 2022, sec. 4.3.2) gives the diffusion model unit-variance
 # data, as its noise schedule assumes; it is stored in the run directory for sampling.
 #
-# **How long:** `smoke` seconds; `cpu-demo` about 6 minutes on a 2-core CPU (2000 steps); `t4` (50k steps, fp16) about 80 minutes on an H100 (0.097 s/step measured), longer on a T4 (not yet timed).
+# **How long:** `smoke` seconds; `cpu-demo` about 4 minutes on a 2-core CPU (2000 steps); `t4` (50k steps, fp16) about 80 minutes on an H100 (0.097 s/step measured), longer on a T4 (not yet timed).
 # Re-running resumes from the newest checkpoint.
 
 # %% [markdown]
