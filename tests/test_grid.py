@@ -121,3 +121,21 @@ def test_grid_on_kaggle_attaches_the_shared_kernel_to_every_cell(tmp_path, monke
     assert all(p["profile"] == "smoke" for p in injected)
     df = pd.read_csv(tmp_path / "E2.4" / "results.csv")
     assert (df["status"] == "done").all() and len(df) == 4
+
+
+def test_a_cell_rerun_with_changed_parameters_is_refused_not_mixed(tmp_path):
+    """Results of other parameters in a cell's directory are never resumed or overwritten silently."""
+    g = tmp_path / "g.yaml"
+    g.write_text("method: sbldm\ncells:\n  a: {n_samples: 8, stages: [04_evaluation]}\n")
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "grid_state.json").write_text(json.dumps({"cells": {"a": {
+        "status": "done", "key": "0123456789abcdef", "params": {"n_samples": 4}}}}))
+    logs = []
+    state = grid.run_grid(g, "smoke", out, log=logs.append)
+    e = state["cells"]["a"]
+    assert e["status"] == "failed"
+    assert "cell 'a' was run with other parameters ({'n_samples': 4} -> {'n_samples': 8})" in e["error"]
+    assert f"delete {out / 'a'}" in e["error"]
+    assert not (out / "a" / "notebooks").exists()  # nothing was run
+    assert "Failed cells:" in (out / "results.md").read_text()
