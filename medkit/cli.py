@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     gr.add_argument("--dataset", action="append", default=[], metavar="OWNER/SLUG",
                     help="kaggle backend: a dataset to attach to every cell's kernel")
     gr.add_argument("--internet", action="store_true", help="kaggle backend: kernels with internet")
+    gr.add_argument("--parallel", type=int, default=2,
+                    help="kaggle backend: cell kernels running at once (default 2; Kaggle limits GPU sessions)")
     gs = gsub.add_parser("show", help="print a grid's cells with their parameters resolved for a profile")
     gs.add_argument("grid")
     gs.add_argument("--profile", default="cpu-demo", choices=["smoke", "cpu-demo", "t4"])
@@ -75,7 +77,8 @@ def _grid(args) -> int:
         return 0
     opts = {}
     if args.backend == "kaggle":
-        opts = {"gpu": args.gpu, "datasets": tuple(args.dataset), "internet": args.internet}
+        opts = {"gpu": args.gpu, "datasets": tuple(args.dataset), "internet": args.internet,
+                "parallel": args.parallel}
     state = grid.run_grid(args.grid, args.profile, args.out, cells=args.cells, backend=args.backend, **opts)
     failed = [c for c, e in state["cells"].items() if e.get("status") == "failed"]
     if failed:

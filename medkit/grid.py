@@ -33,6 +33,7 @@ import math
 import os
 import re
 import shutil
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -230,8 +231,14 @@ def _run_one(method, profile, run_dir: Path, params, stages, backend, log, remot
 
 
 def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, cells=None, backend: str = "local",
-             log=print, **remote_opts) -> dict:
-    """Run every cell of ``grid`` (or only ``cells``) into ``out/<cell>``; then aggregate. Returns the state."""
+             parallel: int = 1, log=print, **remote_opts) -> dict:
+    """Run every cell of ``grid`` (or only ``cells``) into ``out/<cell>``; then aggregate. Returns the state.
+
+    ``parallel`` (Kaggle backend only): how many cell kernels run at once (Kaggle limits a user's
+    concurrent GPU sessions); local cells run one after another, as they share this machine's cores.
+    """
+    if not isinstance(parallel, int) or parallel < 1:
+        raise GridError(f"parallel={parallel!r}: must be an integer >= 1")
     spec = load_grid(grid, profile)
     if backend not in ("local", "kaggle"):
         raise GridError(f"backend={backend!r}: use 'local' or 'kaggle'")
@@ -278,26 +285,30 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
                 _write_error(out / SHARED, e)
                 log(f"[grid] {SHARED} failed: {_error_text(e)}")
             save()
-    for name in names:
+    lock = threading.Lock()
+
+    def run_cell(name):
         cell = spec["cells"][name]
         key = _hash(cell)
         run_dir = out / name
         entry = state["cells"].get(name, {})
         if entry.get("status") == "done" and entry.get("key") == key:
             log(f"[grid] {name}: done earlier, skipped")
-            continue
+            return
         if entry.get("key") not in (None, key) and run_dir.exists():
             msg = (f"cell {name!r} was run with other parameters ({entry.get('params')} -> {cell['params']}); "
                    f"delete {run_dir} to run it again")
-            state["cells"][name] = {**entry, "status": "failed", "error": msg}
+            with lock:
+                state["cells"][name] = {**entry, "status": "failed", "error": msg}
+                save()
             log(f"[grid] {name}: {msg}")
-            save()
-            continue
+            return
         if not shared_ok:
-            state["cells"][name] = {"status": "failed", "key": key, "params": cell["params"],
-                                    "error": f"not run: the shared stages failed (see {out / SHARED / 'error.txt'})"}
-            save()
-            continue
+            with lock:
+                state["cells"][name] = {"status": "failed", "key": key, "params": cell["params"],
+                                        "error": f"not run: the shared stages failed (see {out / SHARED / 'error.txt'})"}
+                save()
+            return
         log(f"[grid] {name}: {cell['params']} stages {cell['stages']}")
         run_dir.mkdir(parents=True, exist_ok=True)
         opts = dict(remote_opts)
@@ -308,13 +319,25 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
             opts["kernel_sources"] = tuple(opts.get("kernel_sources", ())) + ((ref,) if ref else ())
         try:
             r = _run_one(spec["method"], profile, run_dir, cell["params"], cell["stages"], backend, log, opts)
-            state["cells"][name] = {"status": "done", "key": key, "params": cell["params"], **r}
+            result = {"status": "done", "key": key, "params": cell["params"], **r}
             (run_dir / "error.txt").unlink(missing_ok=True)
         except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the grid goes on
-            state["cells"][name] = {"status": "failed", "key": key, "params": cell["params"], "error": _error_text(e)}
+            result = {"status": "failed", "key": key, "params": cell["params"], "error": _error_text(e)}
             _write_error(run_dir, e)
             log(f"[grid] {name} failed: {_error_text(e)}")
-        save()
+        with lock:
+            state["cells"][name] = result
+            save()
+
+    if backend == "kaggle" and parallel > 1:
+        # Each Kaggle cell is a kernel on its own runner; this machine only pushes and polls.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(run_cell, names))
+    else:
+        for name in names:
+            run_cell(name)
     state["seconds_last_call"] = time.perf_counter() - t_grid
     save()
     t = time.perf_counter()

@@ -105,8 +105,8 @@ def test_grid_on_kaggle_attaches_the_shared_kernel_to_every_cell(tmp_path, monke
         monkeypatch.delenv(k)
     monkeypatch.setenv("HOME", str(tmp_path))
     api = FakeApi(["complete"] * 5)
-    state = grid.run_grid("E2.4", "smoke", tmp_path / "E2.4", backend="kaggle", log=lambda m: None, api=api,
-                          owner="me", poll_s=0, sleep=lambda s: None)
+    state = grid.run_grid("E2.4", "smoke", tmp_path / "E2.4", backend="kaggle", parallel=3, log=lambda m: None,
+                          api=api, owner="me", poll_s=0, sleep=lambda s: None)
     assert all(e["status"] == "done" for e in state["cells"].values()), state["cells"]
     metas = [m for m, _ in api.pushed]
     assert len(metas) == 5 and metas[0]["kernel_sources"] == []
@@ -117,7 +117,7 @@ def test_grid_on_kaggle_attaches_the_shared_kernel_to_every_cell(tmp_path, monke
     injected = [nb.metadata.papermill.parameters for _, nb in api.pushed]
     assert injected[0]["stages"] == ["01_vae", "02_latent_diffusion"], injected[0]
     assert "n_samples" not in injected[0]["params"]  # only what the shared notebooks take
-    assert [p["params"]["early_stop"] for p in injected[1:]] == [0.0, 0.01, 0.05, 0.1]
+    assert sorted(p["params"]["early_stop"] for p in injected[1:]) == [0.0, 0.01, 0.05, 0.1]  # pushed concurrently
     assert all(p["profile"] == "smoke" for p in injected)
     df = pd.read_csv(tmp_path / "E2.4" / "results.csv")
     assert (df["status"] == "done").all() and len(df) == 4
@@ -139,3 +139,42 @@ def test_a_cell_rerun_with_changed_parameters_is_refused_not_mixed(tmp_path):
     assert f"delete {out / 'a'}" in e["error"]
     assert not (out / "a" / "notebooks").exists()  # nothing was run
     assert "Failed cells:" in (out / "results.md").read_text()
+
+
+def test_grid_on_kaggle_runs_cell_kernels_concurrently(tmp_path, monkeypatch):
+    """--parallel N: N cell kernels are in flight at once (pushed, not yet finished)."""
+    import threading
+
+    from test_kaggle import FakeApi
+
+    class SlowApi(FakeApi):
+        def __init__(self):
+            super().__init__(["complete"] * 5)
+            self.lock, self.in_flight, self.most = threading.Lock(), 0, 0
+
+        def kernels_push(self, folder):
+            with self.lock:
+                self.in_flight += 1
+                self.most = max(self.most, self.in_flight)
+            return super().kernels_push(folder)
+
+        def kernels_status(self, ref):
+            time.sleep(0.3)  # a kernel that takes a while
+            with self.lock:
+                return super().kernels_status(ref)
+
+        def kernels_output(self, ref, path, force=False, quiet=True):
+            with self.lock:
+                self.in_flight -= 1
+                return super().kernels_output(ref, path, force, quiet)
+
+    for k in [k for k in __import__("os").environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    api = SlowApi()
+    state = grid.run_grid("E2.4", "smoke", tmp_path / "E2.4", backend="kaggle", parallel=3, log=lambda m: None,
+                          api=api, owner="me", poll_s=0, sleep=lambda s: None)
+    assert all(e["status"] == "done" for e in state["cells"].values())
+    assert api.most == 3  # the shared kernel alone first, then three cells at a time
+    with pytest.raises(grid.GridError, match="parallel=0"):
+        grid.run_grid("E2.4", "smoke", tmp_path / "x", backend="kaggle", parallel=0, api=api)
