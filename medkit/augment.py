@@ -55,8 +55,6 @@ def latent_cutmix(z0: torch.Tensor, p: float, *, alpha: float = 1.0, generator: 
     without CutMix. With ``return_info`` also returns the mask M (N, 1, H, W) and the draw.
     """
     if p == 0:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"cutmix p={p}: must be a probability in [0, 1]")
         if return_info:
             n, _, h, w = z0.shape
             return z0, {"mask": z0.new_zeros(n, 1, h, w), "applied": torch.zeros(n, dtype=torch.bool),

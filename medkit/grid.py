@@ -252,6 +252,9 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
         names = [c for c in names if c in cells]
     state_path = out / "grid_state.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    if state.get("profile", profile) != profile:
+        raise GridError(f"{out} holds grid results of profile {state['profile']!r}, not {profile!r}: "
+                        "use another --out")
     state.update({"grid": spec["name"], "grid_file": spec["path"], "profile": profile, "method": spec["method"],
                   "backend": backend})
     state.setdefault("cells", {})
@@ -259,10 +262,6 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
     def save():
         write_json_atomic(state_path, state)
 
-    if state.get("profile_of_dir", profile) != profile:
-        raise GridError(f"{out} holds grid results of profile {state['profile_of_dir']!r}, not {profile!r}: "
-                        "use another --out")
-    state["profile_of_dir"] = profile
     t_grid = time.perf_counter()
     shared_ok = True
     if spec["shared_stages"]:

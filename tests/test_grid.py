@@ -178,3 +178,12 @@ def test_grid_on_kaggle_runs_cell_kernels_concurrently(tmp_path, monkeypatch):
     assert api.most == 3  # the shared kernel alone first, then three cells at a time
     with pytest.raises(grid.GridError, match="parallel=0"):
         grid.run_grid("E2.4", "smoke", tmp_path / "x", backend="kaggle", parallel=0, api=api)
+
+
+def test_a_grid_directory_of_another_profile_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "grid_state.json").write_text(json.dumps({"profile": "cpu-demo", "cells": {}}))
+    with pytest.raises(grid.GridError, match=r"holds grid results of profile 'cpu-demo', not 'smoke'"):
+        grid.run_grid("E2.4", "smoke", out, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["grid_state.json"]  # nothing was run or written

@@ -114,14 +114,10 @@ def build_vae(cfg: dict) -> torch.nn.Module:
     """The VAE of ``cfg``, its weights initialised from ``cfg['seed']`` (same seed, same network)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
-        return _make_vae(cfg)
-
-
-def _make_vae(cfg: dict) -> torch.nn.Module:
-    return nets.make_vae(spatial_dims=2, in_channels=1, latent_channels=cfg["latent_channels"],
-                         channels=cfg["vae_channels"], num_res_blocks=cfg["vae_res_blocks"],
-                         norm_num_groups=cfg["vae_groups"],
-                         gradient_checkpointing=cfg["gradient_checkpointing"])
+        return nets.make_vae(spatial_dims=2, in_channels=1, latent_channels=cfg["latent_channels"],
+                             channels=cfg["vae_channels"], num_res_blocks=cfg["vae_res_blocks"],
+                             norm_num_groups=cfg["vae_groups"],
+                             gradient_checkpointing=cfg["gradient_checkpointing"])
 
 
 def kl_divergence(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -220,14 +216,10 @@ def build_unet(cfg: dict) -> torch.nn.Module:
     """The latent UNet of ``cfg``, its weights initialised from ``cfg['seed']`` (same seed, same network)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"] + 1)
-        return _make_unet(cfg)
-
-
-def _make_unet(cfg: dict) -> torch.nn.Module:
-    return nets.make_unet(spatial_dims=2, in_channels=cfg["latent_channels"], channels=cfg["unet_channels"],
-                          num_res_blocks=cfg["unet_res_blocks"], num_head_channels=cfg["unet_head_channels"],
-                          norm_num_groups=cfg["unet_groups"], dropout=cfg["dropout"],
-                          gradient_checkpointing=cfg["gradient_checkpointing"])
+        return nets.make_unet(spatial_dims=2, in_channels=cfg["latent_channels"], channels=cfg["unet_channels"],
+                              num_res_blocks=cfg["unet_res_blocks"], num_head_channels=cfg["unet_head_channels"],
+                              norm_num_groups=cfg["unet_groups"], dropout=cfg["dropout"],
+                              gradient_checkpointing=cfg["gradient_checkpointing"])
 
 
 def build_scheduler(cfg: dict, kind: str = "ddim", clip: float | None = None):
@@ -291,7 +283,7 @@ def sample(unet, vae, scheduler, n: int, latent_shape, scale: float, *, steps: i
     out, taken = [], []
     for i in range(0, n, batch_size):
         b = min(batch_size, n - i)
-        if early_stop and early_stop > 0:
+        if early_stop > 0:
             z0, k = diffusion.sample_early_stop(lambda x, t: unet(x, t), scheduler, (b, *latent_shape),
                                                 threshold=early_stop, num_inference_steps=steps, eta=eta,
                                                 generator=g, device=device, progress=progress)
