@@ -37,6 +37,7 @@ $(VENV)/.medkit-test: $(VENV)/.medkit-installed requirements-test.txt
 	@touch $@
 
 test: setup $(VENV)/.medkit-test
+	bash scripts/setup_browser_test.sh
 	MEDKIT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q tests
 
 sync: setup

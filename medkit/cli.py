@@ -5,6 +5,9 @@
     python -m medkit grid run E2.1 --profile cpu-demo --out runs/grids/E2.1
     python -m medkit grid show E2.1 --profile t4
     python -m medkit kaggle push sbldm/01_vae --gpu -p profile t4 --dry-run
+    python -m medkit evaluate --real DIR --fake runs/demo/samples/generated.npz --out m.json --features inception
+    python -m medkit report runs/demo runs/grids/E1/E1.1 --out report
+    python -m medkit downstream --profile cpu-demo --out runs/downstream
 """
 from __future__ import annotations
 
@@ -56,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     ga.add_argument("grid")
     ga.add_argument("--profile", default="cpu-demo", choices=["smoke", "cpu-demo", "t4"])
     ga.add_argument("--out", required=True)
+    from .eval import evaluate, report
+
+    evaluate.add_arguments(sub.add_parser("evaluate", help="FID/KID/MMD (with CIs) between two folders of images"))
+    report.add_arguments(sub.add_parser("report", help="aggregate runs' metrics.json into a markdown/CSV table and plots"))
+    try:
+        from .eval import downstream
+    except ImportError:  # pragma: no cover - the module is optional while it is being built
+        downstream = None
+    if downstream is not None and hasattr(downstream, "add_arguments"):
+        downstream.add_arguments(sub.add_parser("downstream", help="segmentation utility test: real vs real + synthetic"))
     from . import kaggle
 
     kaggle.add_subparser(sub)
@@ -90,6 +103,15 @@ def _grid(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("evaluate", "report", "downstream"):
+        import importlib
+
+        mod = importlib.import_module(f"medkit.eval.{args.command}")
+        try:
+            return mod.run_cli(args)
+        except (ValueError, FileNotFoundError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if args.command == "kaggle":
         from . import kaggle
 

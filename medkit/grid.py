@@ -41,6 +41,7 @@ from typing import Any
 
 from . import env
 from .run import write_json_atomic
+from .eval.results import flatten
 
 GRID_DIR = env.REPO_ROOT / "configs" / "grids"
 PROFILES = ("smoke", "cpu-demo", "t4")
@@ -356,18 +357,6 @@ def _write_error(run_dir: Path, e: BaseException) -> None:
 
 
 # ------------------------------------------------------------------------------------ aggregate
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            if k != "config":
-                out.update(_flatten(v, key + "."))
-        elif isinstance(v, bool) or isinstance(v, (int, float, str)) or v is None:
-            out[key] = v
-    return out
-
-
 def aggregate(spec: dict | str, out: str | os.PathLike, profile: str = "cpu-demo", log=print):
     """Every cell's metrics.json -> ``results.csv`` (all scalars), ``results.md`` and one plot per metric."""
     import pandas as pd
@@ -385,7 +374,7 @@ def aggregate(spec: dict | str, out: str | os.PathLike, profile: str = "cpu-demo
         row = {"cell": name, "status": entry.get("status", "not run")}
         row.update({p: cell["params"].get(p) for p in spec["vary"]})
         if entry.get("status") == "done":
-            row.update({k: v for k, v in _flatten(m).items() if k not in row})
+            row.update({k: v for k, v in flatten(m).items() if k not in row})
         row["cell_seconds"] = entry.get("seconds")
         row["error"] = entry.get("error", "")
         rows.append(row)
@@ -419,6 +408,15 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _ci_err(d, metric: str):
+    """Asymmetric error bars from a metric entry's 95% CI columns, or None."""
+    lo, hi = f"{metric}.ci95_lo", f"{metric}.ci95_hi"
+    if lo not in d or hi not in d or d[lo].isna().all():
+        return None
+    v = d[metric].astype(float)
+    return [(v - d[lo].astype(float)).clip(lower=0).fillna(0), (d[hi].astype(float) - v).clip(lower=0).fillna(0)]
+
+
 def _plots(df, spec: dict, fig_dir: Path) -> None:
     """One figure per metric against the varied parameter (a line when it is one numeric parameter)."""
     import matplotlib
@@ -438,10 +436,10 @@ def _plots(df, spec: dict, fig_dir: Path) -> None:
         fig, ax = plt.subplots(figsize=(5.2, 3.4))
         if numeric_x:
             d = done.sort_values(spec["vary"][0])
-            ax.plot(d[spec["vary"][0]], d[metric], "o-")
+            ax.errorbar(d[spec["vary"][0]], d[metric].astype(float), yerr=_ci_err(d, metric), fmt="o-", capsize=3)
             ax.set_xlabel(spec["vary"][0])
         else:
-            ax.bar(range(len(done)), done[metric].astype(float))
+            ax.bar(range(len(done)), done[metric].astype(float), yerr=_ci_err(done, metric), capsize=3)
             ax.set_xticks(range(len(done)), done["cell"], rotation=30, ha="right")
             ax.set_xlabel("cell")
         ax.set_ylabel(metric)

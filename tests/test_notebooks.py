@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from medkit.eval.results import flatten
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*/*.py"))
 
@@ -41,9 +43,12 @@ def test_smoke_pipeline_outputs(smoke_run):
     m = json.loads((out / "metrics.json").read_text())
     for section, key in [("vae", "ssim"), ("vae", "psnr"), ("ldm", "final_loss"),
                          ("sampling", "seconds_per_image"), ("latents", "scale")]:
-        assert isinstance(m[section][key], float), (section, key)
+        assert isinstance(flatten(m)[f"{section}.{key}"], float), (section, key)
     assert m["wall_seconds"] > 0 and m["profile"] == "smoke"
-    assert -1.0 <= m["vae"]["ssim"] <= 1.0 and m["sampling"]["n"] == 16
+    assert -1.0 <= m["vae"]["ssim"]["value"] <= 1.0 and m["vae"]["ssim"]["n"] > 0 and m["sampling"]["n"] == 16
+    assert {"fd", "kd", "rbf_mmd_vae"} <= set(m["eval"]) and m["eval"]["fd"]["extractor"] == "sbldm-vae-latent"
+    lo, hi = m["eval"]["fd"]["ci95"]
+    assert lo <= hi and m["eval"]["fd"]["value"] >= 0
     for fig in ("gallery.png", "reconstructions.png", "loss_curves.png", "vae_loss.png", "ldm_loss.png",
                 "latent_histogram.png", "samples.png", "distributions.png"):
         assert (out / "figures" / fig).stat().st_size > 1000, fig

@@ -74,6 +74,7 @@ import medkit
 from medkit import data as mdata, env, metrics, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
+from medkit.eval import entry
 from medkit.train import Trainer
 
 print(env.describe())
@@ -141,7 +142,9 @@ vae_ema = trainer.ema_model.to(dev)
 recon = sbldm.reconstruct(vae_ema, val_ds.images, device=dev)
 s = metrics.mean_ci(metrics.ssim(recon, val_ds.images, per_image=True))
 p = metrics.mean_ci(metrics.psnr(recon, val_ds.images, per_image=True))
-run.update_metrics("vae", {"ssim": s["value"], "psnr": p["value"], "ssim_ci95": s["ci95"], "psnr_ci95": p["ci95"],
+val_set = f"{cfg['data']} val ({s['n']} slices, {cfg['image_size']} px)"
+run.update_metrics("vae", {"ssim": entry(s["value"], ci95=s["ci95"], std=s["std"], n=s["n"], dataset=val_set),
+                           "psnr": entry(p["value"], ci95=p["ci95"], std=p["std"], n=p["n"], dataset=val_set, unit="dB"),
                            "n_val": s["n"], "steps": result.step, "params": medkit.nets.count_parameters(vae),
                            "train_seconds": result.seconds, "loop_overhead_pct": 100 * result.overhead_seconds / max(result.seconds, 1e-9)})
 print(f"validation ({s['n']} slices): SSIM {s['value']:.4f} (95% CI {s['ci95'][0]:.4f}-{s['ci95'][1]:.4f}), "

@@ -24,9 +24,13 @@
 # trained on one template brain can reproduce training slices; a nearest-neighbour SSIM near 1
 # says so honestly.
 #
-# Distribution metrics (FID/KID with confidence intervals) come with medkit's evaluation suite.
+# Distribution metrics come from medkit's evaluation suite (`medkit.metrics`, `medkit.eval`): Frechet
+# distance with a bootstrap CI and its 1/N extrapolation, KID (mean +- std over subsets) and the CMMD-style
+# RBF MMD, on the features of the extractors named in `features`. FID and KID are only called so on the
+# InceptionV3 FID network's features (which need its weights file); on the run's own VAE encoder they are
+# reported as `fd`/`kd` and labelled `sbldm-vae-latent`.
 #
-# **How long:** seconds.
+# **How long:** seconds on the VAE features; about a minute per 1,000 images with InceptionV3 on a CPU.
 
 # %% [markdown]
 # ## Setup
@@ -52,6 +56,8 @@ if importlib.util.find_spec("medkit") is None:
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
 run_dir = ""           # the run directory of notebooks 1-3; empty: <run root>/sbldm-<profile>
+features = "auto"      # comma-separated extractors: "vae" (the run's VAE encoder, no download) | "inception" (FID/KID; needs weights-inception-2015-12-05-6726825d.pth) | "auto" (vae; vae,inception on t4)
+n_boot = 200           # bootstrap resamples for the Frechet-distance CI
 
 # %%
 import json
@@ -61,6 +67,8 @@ import numpy as np
 import torch
 
 from medkit import data as mdata, env, metrics, viz
+from medkit.eval import entry
+from medkit.eval.evaluate import distribution_metrics
 from medkit.run import RunDir
 
 print(env.describe())
@@ -107,35 +115,51 @@ axes[1].hist(nn_val.numpy(), bins=20, alpha=0.6, label="validation -> train")
 axes[1].hist(nn_gen.numpy(), bins=20, alpha=0.6, label="generated -> train")
 axes[1].set_title("SSIM to the nearest training slice"); axes[1].legend()
 fig.tight_layout(); fig.savefig(run.figures / "distributions.png", dpi=110)
-run.update_metrics("eval", {"nn_ssim_generated_mean": nn_gen.mean().item(), "nn_ssim_val_mean": nn_val.mean().item(),
-                            "brain_fraction_generated": (generated > -0.9).float().mean().item(),
-                            "brain_fraction_real": (real > -0.9).float().mean().item()})
+nn = metrics.mean_ci(nn_gen), metrics.mean_ci(nn_val)
+run.update_metrics("eval", {
+    "nn_ssim_generated_mean": entry(nn[0]["value"], ci95=nn[0]["ci95"], n=nn[0]["n"], dataset="generated -> train"),
+    "nn_ssim_val_mean": entry(nn[1]["value"], ci95=nn[1]["ci95"], n=nn[1]["n"], dataset="val -> train"),
+    "brain_fraction_generated": (generated > -0.9).float().mean().item(),
+    "brain_fraction_real": (real > -0.9).float().mean().item()})
 
 # %% [markdown]
 # ## Distance between the generated and the real distribution
-# Two small-sample distances that need no downloaded network (FID and KID need InceptionV3 weights):
-# - **MMD on VAE-latent features**: the squared RBF-kernel MMD of the CMMD estimator (Jayasumana et al.
-#   2024; unbiased, x1000) between the frozen VAE encoder's posterior means of generated and of real
-#   slices, with the kernel width set by the median heuristic. Lower is closer; near 0 (it can go slightly
-#   negative) means indistinguishable at this sample size. It is labelled with its embedding: it is *not*
-#   CMMD, which uses CLIP embeddings.
+# - **Frechet distance / KID / RBF MMD** on each extractor's features (see the top of this notebook), with
+#   a 200-resample bootstrap CI for the Frechet distance. With a few dozen images every one of them is
+#   dominated by small-sample bias and noise: compare runs at the same N, and read the CI.
+# - **MMD on VAE-latent features with the median-heuristic width** (`mmd_vae_latent`, kept for the grids):
+#   the CMMD estimator's RBF MMD x1000 on the frozen VAE encoder's posterior means; near 0 (it can go
+#   slightly negative) means indistinguishable at this sample size. It is *not* CMMD, which uses CLIP.
 # - **Wasserstein-1 of brain intensities** (pixels above -0.9), in units of the [-1, 1] intensity scale.
 
 # %%
 from scipy.stats import wasserstein_distance
 
-from medkit.methods import sbldm
-from medkit.train import load_weights
+from medkit.metrics.features import VAEFeatures
 
-vae = sbldm.build_vae(cfg)
-load_weights(run.path, "vae", vae, ema=True)
 dev = env.pick_device("auto")
-vae = vae.to(dev)
-feat_gen = sbldm.encode(vae, generated, device=dev)[0].flatten(1)
-feat_real = sbldm.encode(vae, real, device=dev)[0].flatten(1)
-mmd = metrics.rbf_mmd(feat_gen, feat_real, sigma="median")
+wanted = ("vae,inception" if cfg["profile"] == "t4" else "vae") if features == "auto" else features
+dataset = f"{cfg['data']} slices {cfg['image_size']} px: {len(real)} real vs {len(generated)} generated"
+for name in [f.strip() for f in wanted.split(",") if f.strip()]:
+    ext = VAEFeatures(run.path) if name == "vae" else metrics.get_extractor(name)
+    ext = ext.to(dev)
+    f_real = metrics.extract_features(real, ext, device=dev)
+    f_gen = metrics.extract_features(generated, ext, device=dev)
+    res = distribution_metrics(f_real, f_gen, ext.name, dataset, n_boot=n_boot, kid_subset_size=1000, seed=0)
+    for w in res.pop("_warnings", []):
+        print("note:", w)
+    suffix = "" if name == "inception" else f"_{name}"
+    run.update_metrics("eval", {k + suffix if k == "rbf_mmd" else k: v for k, v in res.items()})
+    for k, v in res.items():
+        ci = f" (95% CI {v['ci95'][0]:.4g}-{v['ci95'][1]:.4g})" if "ci95" in v else (f" +- {v['std']:.3g}" if "std" in v else "")
+        print(f"{k:8s} [{ext.name}] {v['value']:.4g}{ci}")
+
+f_gen, f_real = (VAEFeatures(run.path).to(dev)(x.to(dev)).cpu() for x in (generated, real))
+mmd = metrics.rbf_mmd(f_gen, f_real, sigma="median")
 w1 = wasserstein_distance(generated[generated > -0.9].numpy(), real[real > -0.9].numpy())
-run.update_metrics("eval", {"mmd_vae_latent": mmd, "intensity_w1": float(w1), "n_generated": len(generated),
+run.update_metrics("eval", {"mmd_vae_latent": entry(mmd, n=min(len(generated), len(real)), extractor="sbldm-vae-latent",
+                                                    dataset=dataset, sigma="median"),
+                            "intensity_w1": entry(float(w1), dataset=dataset), "n_generated": len(generated),
                             "n_real": len(real)})
 print(f"MMD^2 x1000 (VAE-latent features, median-heuristic RBF): {mmd:.2f}; brain-intensity W1: {w1:.4f}")
 
