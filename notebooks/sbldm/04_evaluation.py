@@ -58,6 +58,7 @@ profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) |
 run_dir = ""           # the run directory of notebooks 1-3; empty: <run root>/sbldm-<profile>
 features = "auto"      # comma-separated extractors: "vae" (the run's VAE encoder, no download) | "inception" (FID/KID; needs weights-inception-2015-12-05-6726825d.pth) | "auto" (vae; vae,inception on t4)
 n_boot = 200           # bootstrap resamples for the Frechet-distance CI
+gallery_steps = [10, 25]  # extra DDIM step counts shown in the interactive gallery (same seed as the samples)
 
 # %%
 import json
@@ -91,6 +92,40 @@ real = torch.cat([train, val])
 real16 = real[torch.linspace(0, len(real) - 1, 16).long()]
 viz.save_gallery(generated[:16], real16, run.figures / "gallery.png",
                  title=f"SBLDM ({cfg['profile']} profile): generated (left) vs real (right)");
+
+# %% [markdown]
+# ## Interactive gallery: how the samples form with more sampling steps
+# The same starting noise (the samples' seed) decoded after `gallery_steps` DDIM steps and after the run's
+# own step count; real slices on the left, with their white-matter masks under the toggle. The slider works
+# in the saved notebook too (every picture is pre-rendered), and `gallery.export_png(...)` saves the view.
+# `figures/gallery_steps.png` is the same content as a static figure.
+
+# %%
+from medkit.methods import sbldm
+from medkit.train import load_weights
+
+dev = env.pick_device("auto")
+samp = run.metrics().get("sampling", {})
+lat = run.metrics()["latents"]
+n_show = min(8, len(generated))
+vae_g, unet_g = sbldm.build_vae(cfg), sbldm.build_unet(cfg)
+load_weights(run.path, "vae", vae_g, ema=True)
+load_weights(run.path, "ldm", unet_g, ema=True)
+vae_g, unet_g = vae_g.to(dev).eval(), unet_g.to(dev).eval()
+frames = {}
+for k in sorted(set(int(k) for k in gallery_steps if int(k) < int(samp.get("steps", 50)))):
+    sched = sbldm.build_scheduler(cfg, "ddim", clip=lat["abs_max"])
+    sched.set_timesteps(k)
+    frames[k] = sbldm.sample(unet_g, vae_g, sched, n_show, tuple(lat["shape"]), lat["scale"], steps=k,
+                             eta=float(samp.get("eta", 0.0)), seed=int(np.load(path)["seed"]), device=dev, progress=False)
+frames[int(samp.get("steps", 50))] = generated[:n_show]
+val_masks = mdata.SliceDataset(cache, "val").masks
+pick = torch.linspace(0, len(val) - 1, n_show).long()
+gallery = viz.SampleGallery(frames, real=val[pick], real_masks=val_masks[pick], slider_name="DDIM steps", nrow=4,
+                            title=f"SBLDM ({cfg['profile']}): real val slices (left) vs generated (right)")
+viz.save_static_gallery(frames, val[pick], run.figures / "gallery_steps.png", real_masks=val_masks[pick],
+                        slider_name="DDIM steps")
+gallery
 
 # %% [markdown]
 # ## Intensity distributions and memorisation
@@ -137,7 +172,6 @@ from scipy.stats import wasserstein_distance
 
 from medkit.metrics.features import VAEFeatures
 
-dev = env.pick_device("auto")
 wanted = ("vae,inception" if cfg["profile"] == "t4" else "vae") if features == "auto" else features
 dataset = f"{cfg['data']} slices {cfg['image_size']} px: {len(real)} real vs {len(generated)} generated"
 for name in [f.strip() for f in wanted.split(",") if f.strip()]:
