@@ -47,7 +47,8 @@ def distribution_metrics(real_feats, fake_feats, extractor: str, dataset: str = 
         warnings.simplefilter("always", dist.SmallSampleWarning)
         fb = dist.fid_bootstrap(real_feats, fake_feats, n_boot=n_boot, seed=seed, progress=progress)
         out[names["fd"]] = entry(fb["value"], ci95=fb["ci95"], std=fb["std"], n=min(n_r, n_f), extractor=extractor,
-                                 dataset=data, n_real=n_r, n_generated=n_f, n_boot=n_boot, ci_method="bootstrap percentile")
+                                 dataset=data, n_real=n_r, n_generated=n_f, n_boot=n_boot, boot_mean=fb["boot_mean"],
+                                 ci_method="bootstrap, centred percentile")
         if n_f >= min_n_inf:
             fi = dist.fid_infinity(real_feats, fake_feats, seed=seed)
             out[names["fd_inf"]] = entry(fi["value"], n=n_f, extractor=extractor, dataset=data, slope=fi["slope"],

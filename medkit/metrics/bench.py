@@ -1,0 +1,128 @@
+"""Timing and memory of the evaluation suite on this machine: ``python -m medkit.metrics.bench``.
+
+    python -m medkit.metrics.bench fid        # FID + 200-resample bootstrap CI, 2,000 vs 2,000, 2,048-d
+    python -m medkit.metrics.bench mmd_mf     # MMD-MF, 2,000 vs 2,000 masks of 128 x 128
+    python -m medkit.metrics.bench memory     # peak RSS of batched extraction at two dataset sizes
+
+Each prints one JSON line (``--out FILE`` also writes it). Features and masks are synthetic but shaped
+like the real thing: correlated 2,048-d features (a random linear map of 256 latent factors plus noise,
+like InceptionV3 pool features, which are far from isotropic), masks with 1-4 elliptic blobs each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+
+def _features(n: int, d: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(1234).normal(size=(256, d)) / 16
+    return np.maximum(rng.normal(size=(n, 256)) @ mix + 0.3 * rng.normal(size=(n, d)) + shift, 0)
+
+
+def bench_fid(n: int = 2000, d: int = 2048, n_boot: int = 200) -> dict:
+    from medkit.metrics.distribution import SmallSampleWarning, fid_bootstrap
+
+    a, b = _features(n, d, 0), _features(n, d, 1, shift=0.05)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SmallSampleWarning)
+        r = fid_bootstrap(a, b, n_boot=n_boot, seed=0)
+    return {"bench": "fid_bootstrap", "n_real": n, "n_generated": n, "dim": d, "n_boot": n_boot,
+            "seconds": round(time.perf_counter() - t0, 2), "fid": r["value"], "ci95": r["ci95"]}
+
+
+def random_masks(n: int, size: int = 128, seed: int = 0, scale: float = 1.0) -> np.ndarray:
+    """``n`` binary masks with 1-4 random elliptic blobs (radii scaled by ``scale``)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    out = np.zeros((n, size, size), np.uint8)
+    for i in range(n):
+        for _ in range(rng.integers(1, 5)):
+            cy, cx = rng.uniform(15, size - 15, 2)
+            ry, rx = rng.uniform(3, 12, 2) * scale
+            th = rng.uniform(0, np.pi)
+            u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
+            v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
+            out[i] |= ((u / rx) ** 2 + (v / ry) ** 2 <= 1).astype(np.uint8)
+    return out
+
+
+def bench_mmd_mf(n: int = 2000, size: int = 128) -> dict:
+    from medkit.metrics.masks import mmd_mf
+
+    real, fake = random_masks(n, size, 0), random_masks(n, size, 1, scale=1.2)
+    t0 = time.perf_counter()
+    r = mmd_mf(real, fake, seed=0)
+    out = {"bench": "mmd_mf", "n_real": n, "n_generated": n, "size": size,
+           "seconds": round(time.perf_counter() - t0, 2)}
+    out.update({k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in dict(r).items()
+                if isinstance(v, (int, float, np.floating, np.integer))})
+    return out
+
+
+_CHILD = r"""
+import resource, sys, torch
+from medkit.metrics import extract_features
+from medkit.metrics.inception import InceptionV3FID
+from medkit.metrics._testing import deterministic_state_dict
+torch.set_num_threads(2)
+net = InceptionV3FID(state_dict=deterministic_state_dict(InceptionV3FID(state_dict={})))
+f = extract_features(sys.argv[1], net, batch_size=int(sys.argv[2]))
+print(f.shape[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def bench_memory(sizes=(64, 512), batch_size: int = 16, image_size: int = 128) -> dict:
+    """Peak RSS of a fresh process extracting InceptionV3 features from folders of ``sizes`` PNGs."""
+    from PIL import Image
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(0)
+        for n in sizes:
+            folder = Path(tmp) / f"n{n}"
+            folder.mkdir()
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (image_size, image_size), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+            t0 = time.perf_counter()
+            res = subprocess.run([sys.executable, "-c", _CHILD, str(folder), str(batch_size)], capture_output=True,
+                                 text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+            if res.returncode:
+                raise RuntimeError(res.stderr[-2000:])
+            count, rss_kb = map(int, res.stdout.split()[-2:])
+            rows.append({"images": count, "peak_rss_mb": round(rss_kb / 1024, 1),
+                         "seconds": round(time.perf_counter() - t0, 1)})
+    return {"bench": "feature_extraction_memory", "extractor": "inception-v3-fid (deterministic test weights)",
+            "batch_size": batch_size, "image_size": image_size, "runs": rows}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m medkit.metrics.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("what", choices=["fid", "mmd_mf", "memory"])
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--out", help="also write the JSON line here")
+    a = p.parse_args(argv)
+    res = {"fid": lambda: bench_fid(a.n), "mmd_mf": lambda: bench_mmd_mf(a.n), "memory": bench_memory}[a.what]()
+    res["cpu_count"] = os.cpu_count()
+    res["peak_rss_mb_this_process"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    line = json.dumps(res)
+    print(line)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
