@@ -4,13 +4,19 @@
 - distribution (on features): :func:`frechet_distance`, :func:`fid_bootstrap`, :func:`fid_infinity`,
   :func:`kid`, :func:`rbf_mmd`; features from :func:`extract_features` with an extractor
   ("inception" = the InceptionV3 FID network, or "vae:RUN_DIR")
+- perceptual: :class:`LPIPS` / :func:`lpips_distance` (alex, vgg; the lpips package's numbers) and
+  :class:`InceptionV3FID` (torch-fidelity's FID network), both torchvision-free; their pretrained
+  weights are looked up locally and :class:`WeightsUnavailable` says which file to attach
 - :func:`mean_ci`: mean and normal-approximation 95% CI of per-image values
 """
 from medkit.metrics.distribution import (SmallSampleWarning, fid_bootstrap, fid_infinity, frechet_distance, kid,
                                          rbf_mmd)
+from medkit.metrics._weights import WeightsUnavailable
 from medkit.metrics.features import extract_features, get_extractor, iter_image_folder, load_image_folder
+from medkit.metrics.inception import InceptionV3FID
+from medkit.metrics.lpips import LPIPS, lpips_distance
 from medkit.metrics.pixel import mae, mean_ci, psnr, ssim
 
 __all__ = ["ssim", "psnr", "mae", "mean_ci", "frechet_distance", "fid_bootstrap", "fid_infinity", "kid",
            "rbf_mmd", "SmallSampleWarning", "extract_features", "get_extractor", "iter_image_folder",
-           "load_image_folder"]
+           "load_image_folder", "InceptionV3FID", "LPIPS", "lpips_distance", "WeightsUnavailable"]

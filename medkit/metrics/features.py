@@ -35,7 +35,9 @@ def _png_to_unit(path: Path) -> np.ndarray:
     except Exception as e:  # PIL raises several types for broken files
         raise ValueError(f"{path}: not a readable PNG ({e}).") from None
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 127.5 - 1.0
+        # + 1e-6 (8 float32 ulps): the FID network's input truncates 255 (x + 1) / 2 to uint8 as torchmetrics
+        # does, and plain k / 127.5 - 1 comes back as k - 1 for 63 of the 256 levels
+        return np.minimum(arr.astype(np.float64) / 127.5 - 1.0 + 1e-6, 1.0).astype(np.float32)
     if arr.dtype in (np.uint16, np.int32) and mode.startswith("I"):
         return arr.astype(np.float32) / 32767.5 - 1.0
     raise ValueError(f"{path}: unsupported PNG mode {mode!r}; save 8-bit grayscale or RGB PNGs.")

@@ -1,0 +1,192 @@
+"""Finding pretrained weights for the perceptual networks (LPIPS backbones, the FID Inception), offline first.
+
+One lookup order for every network, stopping at the first hit:
+
+1. the ``weights=`` argument (a file; an error at once if it does not exist);
+2. the environment variable (``MEDKIT_LPIPS_WEIGHTS`` / ``MEDKIT_INCEPTION_WEIGHTS``): a file, or a folder
+   searched (a few levels deep) for the file's canonical name; an error at once if the path does not exist;
+3. ``$TORCH_HOME/hub/checkpoints/<file name>`` (default ``~/.cache/torch/hub/checkpoints``), where
+   ``torch.hub`` keeps what it downloads;
+4. on Kaggle, any file of that name under ``/kaggle/input`` (an attached dataset), searched to a bounded
+   depth and number of entries;
+5. a download from the official URL into the folder of step 3, if the host answers.
+
+When all five fail, :class:`WeightsUnavailable` names the file, every place searched and what to do.
+There is no fallback to random or other weights. Files whose canonical name carries a SHA-256 prefix that
+torchvision checks (``alexnet-owt-7be5be79.pth``) are checked the same way before use.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+# Module constants so that tests can point them at a temporary folder.
+KAGGLE_INPUT = Path("/kaggle/input")
+SEARCH_MAX_DEPTH = 6            # /kaggle/input/datasets/<owner>/<slug>/<folder>/<file>
+SEARCH_MAX_ENTRIES = 200_000    # directory entries looked at before giving up on a tree
+ONLINE_TIMEOUT_S = 3.0
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """No copy of a network's pretrained weights could be found or downloaded."""
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a network's pretrained weights come from.
+
+    what: what the weights are, for messages. file_name: the canonical file name (as published).
+    url: the official download address. env_var: the variable that may point at the file or its folder.
+    sha256_prefix: the hex prefix the file's SHA-256 must start with (None: not checked).
+    size_mb: the file size, for messages.
+    """
+
+    what: str
+    file_name: str
+    url: str
+    env_var: str
+    sha256_prefix: str | None = None
+    size_mb: float | None = None
+
+
+def hub_checkpoints_dir() -> Path:
+    """``$TORCH_HOME/hub/checkpoints`` (``torch.hub.get_dir()``), where ``torch.hub`` caches downloads."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def search_tree(root: Path, file_name: str, max_depth: int = SEARCH_MAX_DEPTH,
+                max_entries: int = SEARCH_MAX_ENTRIES) -> Path | None:
+    """First file called ``file_name`` under ``root`` (breadth first, sorted, at most ``max_depth`` folders
+    down and ``max_entries`` entries looked at), or None."""
+    level, seen = [Path(root)], 0
+    for _ in range(max_depth + 1):
+        deeper = []
+        for folder in level:
+            try:
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError:
+                continue
+            for entry in entries:
+                seen += 1
+                if seen > max_entries:
+                    return None
+                try:
+                    if entry.name == file_name and entry.is_file():
+                        return Path(entry.path)
+                    if entry.is_dir():
+                        deeper.append(Path(entry.path))
+                except OSError:
+                    continue
+        level = deeper
+        if not level:
+            break
+    return None
+
+
+def download_state_dict(spec: WeightsSpec) -> dict:
+    """Download ``spec.url`` into :func:`hub_checkpoints_dir` with ``torch.hub`` and load it.
+
+    Raises OSError at once (after ``ONLINE_TIMEOUT_S``) when the host does not answer, so that an offline
+    Kaggle session fails in seconds rather than after torch.hub's long timeout.
+    """
+    host = urlparse(spec.url).hostname
+    try:
+        socket.create_connection((host, 443), timeout=ONLINE_TIMEOUT_S).close()
+    except OSError as e:
+        raise OSError(f"{host} is not reachable (offline?): {e}") from e
+    return torch.hub.load_state_dict_from_url(
+        spec.url, model_dir=str(hub_checkpoints_dir()), map_location="cpu", progress=False,
+        check_hash=spec.sha256_prefix is not None, file_name=spec.file_name, weights_only=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_file(spec: WeightsSpec, path: Path, origin: str) -> dict:
+    if spec.sha256_prefix and path.name == spec.file_name:
+        digest = _sha256(path)
+        if not digest.startswith(spec.sha256_prefix):
+            raise ValueError(
+                f"{path} ({origin}) has SHA-256 {digest[:16]}..., but the published {spec.file_name} starts with "
+                f"{spec.sha256_prefix}: the file is truncated or a different file. Delete it and fetch it again "
+                f"from {spec.url}.")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"Could not read {path} ({origin}) as a PyTorch state dict for {spec.what}: {e}. "
+                         f"Fetch {spec.file_name} again from {spec.url}.") from e
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} ({origin}) holds a {type(sd).__name__}, not a state dict; {spec.what} needs "
+                         f"{spec.file_name} from {spec.url}.")
+    return sd
+
+
+def load_pretrained(spec: WeightsSpec, weights: str | os.PathLike | None = None) -> tuple[dict, str]:
+    """The state dict of ``spec``'s weights and where it came from, by the lookup order of the module docstring.
+
+    Raises:
+        FileNotFoundError: ``weights`` or the environment variable names a path that does not exist.
+        WeightsUnavailable: no copy found anywhere and the download failed.
+        ValueError: a found file is unreadable or fails its SHA-256 check.
+    """
+    searched = []
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"weights={str(weights)!r} for {spec.what}: no such file. Pass the path of "
+                                    f"{spec.file_name} (from {spec.url}), or weights=None to search for it.")
+        return _load_file(spec, path, "weights= argument"), str(path)
+    searched.append("weights= argument (not given)")
+
+    env = os.environ.get(spec.env_var)
+    if env:
+        path = Path(env).expanduser()
+        if path.is_file():
+            return _load_file(spec, path, f"${spec.env_var}"), str(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"${spec.env_var}={env!r} does not exist. Point it at {spec.file_name} or "
+                                    f"at a folder that contains it, or unset it.")
+        hit = search_tree(path, spec.file_name, max_depth=3)
+        if hit is not None:
+            return _load_file(spec, hit, f"${spec.env_var}"), str(hit)
+        searched.append(f"${spec.env_var}={env} (folder without {spec.file_name})")
+    else:
+        searched.append(f"${spec.env_var} (not set)")
+
+    cached = hub_checkpoints_dir() / spec.file_name
+    if cached.is_file():
+        return _load_file(spec, cached, "torch hub cache"), str(cached)
+    searched.append(f"{cached} (missing)")
+
+    if KAGGLE_INPUT.is_dir():
+        hit = search_tree(KAGGLE_INPUT, spec.file_name)
+        if hit is not None:
+            return _load_file(spec, hit, "Kaggle input"), str(hit)
+        searched.append(f"{KAGGLE_INPUT}/** to depth {SEARCH_MAX_DEPTH} (not found)")
+    else:
+        searched.append(f"{KAGGLE_INPUT} (not on Kaggle)")
+
+    try:
+        return download_state_dict(spec), spec.url
+    except Exception as e:  # noqa: BLE001 - reported below with everything else that was tried
+        searched.append(f"download from {spec.url} ({type(e).__name__}: {e})")
+
+    size = f" ({spec.size_mb:.0f} MB)" if spec.size_mb else ""
+    raise WeightsUnavailable(
+        f"{spec.what} needs the file {spec.file_name}{size}, and no copy was found. Searched:\n  - "
+        + "\n  - ".join(searched)
+        + f"\nTo fix: on Kaggle, attach a dataset that contains {spec.file_name} (it is found up to "
+          f"{SEARCH_MAX_DEPTH} folders deep under {KAGGLE_INPUT}); elsewhere put the file in "
+          f"{hub_checkpoints_dir()}/, or set {spec.env_var} to the file or its folder, or pass "
+          f"weights='path/to/{spec.file_name}'. On a machine with internet the file is {spec.url}.")
