@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from medkit.cli import main
 from medkit.eval import entry, flatten, read_metrics, update_metrics
@@ -93,3 +94,70 @@ def test_distribution_metrics_entries_are_labelled():
     assert lo < r["fd"]["value"] < hi and r["kd"]["subset_size"] == 30 and not math.isnan(r["fd_inf"]["value"])
     r = distribution_metrics(a, b, "inception-v3-fid", n_boot=20, kid_subset_size=30, kid_subsets=5)
     assert {"fid", "fid_inf", "kid", "rbf_mmd"} == set(r)
+
+
+@pytest.fixture
+def seeded_inception(monkeypatch):
+    threads = torch.get_num_threads()
+    yield from _seeded(monkeypatch)
+    torch.set_num_threads(threads)
+
+
+def _seeded(monkeypatch):
+    """The FID network with seeded weights in place of the pretrained file (its lookup is tested in
+    test_perceptual.py); same architecture and cost, so the evaluate command runs end to end."""
+    from medkit.metrics import _testing, inception
+
+    sd = _testing.seeded_state_dict(inception.InceptionV3FID.blank_state_dict())
+    monkeypatch.setattr(inception, "load_pretrained", lambda spec, weights=None: (sd, "seeded test weights"))
+    yield
+
+
+def _png_folder(path, n, level, seed):
+    from PIL import Image
+
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        im = np.clip(rng.normal(level, 30, size=(40, 40)), 0, 255).astype(np.uint8)
+        Image.fromarray(im).save(path / f"{i:03d}.png")
+    return path
+
+
+def test_evaluate_command_end_to_end(tmp_path, seeded_inception, capsys):
+    torch.set_num_threads(1)  # a 2-thread Inception pass is far slower on a shared 2-core machine
+    real = _png_folder(tmp_path / "real", 6, 100, 0)
+    fake = _png_folder(tmp_path / "fake", 6, 140, 1)
+    same = _png_folder(tmp_path / "same", 6, 100, 2)
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--real", str(real), "--out", str(out), "--n-boot", "20", "--kid-subsets", "5",
+            "--batch-size", "5", "--device", "cpu"]
+    assert main(args + ["--fake", str(fake)]) == 0
+    m = read_metrics(out)["eval"]
+    assert set(m) == {"fid", "kid", "rbf_mmd"}  # 6 images: no FID_inf (needs >= 50)
+    assert m["fid"]["extractor"] == "inception-v3-fid" and m["fid"]["n"] == 6
+    assert "real: real (n=6) vs generated: fake (n=6)" == m["fid"]["dataset"]
+    assert m["kid"]["subset_size"] == 6  # adapted from 1000, with a warning on stderr
+    assert "subset_size=1000 is larger" in capsys.readouterr().err
+    assert main(args + ["--fake", str(same), "--section", "same"]) == 0
+    m2 = read_metrics(out)
+    assert m2["same"]["fid"]["value"] < m2["eval"]["fid"]["value"]  # same distribution: closer
+    assert m2["same"]["kid"]["value"] < m2["eval"]["kid"]["value"]
+
+
+def test_evaluate_command_without_weights_says_which_file(tmp_path, monkeypatch, capsys):
+    from medkit.metrics import _weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MEDKIT_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setattr(_weights, "KAGGLE_INPUT", tmp_path / "kaggle")
+
+    def offline(spec):
+        raise OSError("offline")
+
+    monkeypatch.setattr(_weights, "download_state_dict", offline)
+    real = _png_folder(tmp_path / "real", 3, 100, 0)
+    assert main(["evaluate", "--real", str(real), "--fake", str(real), "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert "weights-inception-2015-12-05-6726825d.pth" in err and "MEDKIT_INCEPTION_WEIGHTS" in err
+    assert not (tmp_path / "m.json").exists()  # nothing half-written

@@ -10,7 +10,10 @@ Images stream through the extractor ``--batch-size`` at a time. What is reported
   (Chong & Forsyth 2020) when the generated set has >= 50 images;
 - ``kid`` / ``kd``: unbiased cubic-kernel MMD^2, mean +- std over ``--kid-subsets`` subsets;
 - ``rbf_mmd``: the CMMD estimator (RBF kernel, sigma 10, x1000) on the same features - CMMD proper
-  uses CLIP embeddings, so it is labelled with the extractor that was used.
+  uses CLIP embeddings, so it is labelled with the extractor that was used;
+- with ``--lpips alex|vgg``: ``lpips_<net>``, the mean LPIPS over ``--lpips-pairs`` random unpaired
+  real/generated pairs (SLIM-Diff's protocol: 1,000 pairs, VGG), with a normal-approximation 95% CI.
+  LPIPS needs the torchvision backbone weights file (see :mod:`medkit.metrics.lpips`).
 
 Every entry carries ``extractor``, ``n`` and ``dataset`` (see :mod:`medkit.eval.results`).
 """
@@ -65,16 +68,36 @@ def distribution_metrics(real_feats, fake_feats, extractor: str, dataset: str = 
     return out
 
 
+def unpaired_lpips(real, fake, net: str = "vgg", pairs: int = 1000, seed: int = 0, device=None,
+                   dataset: str = "") -> dict:
+    """Mean LPIPS over ``pairs`` random (real_i, generated_j) pairs, indices drawn with replacement."""
+    import torch
+
+    from medkit.metrics import lpips_distance, mean_ci
+
+    g = torch.Generator().manual_seed(int(seed))
+    ia = torch.randint(len(real), (pairs,), generator=g)
+    ib = torch.randint(len(fake), (pairs,), generator=g)
+    d = lpips_distance(real[ia], fake[ib], net=net, device=device)
+    s = mean_ci(d)
+    return entry(s["value"], ci95=s["ci95"], std=s["std"], n=pairs, extractor=f"lpips-v0.1-{net}",
+                 dataset=dataset, protocol="random unpaired real/generated pairs")
+
+
 def evaluate_folders(real, fake, features: str = "inception", *, batch_size: int = 64, device=None,
-                     progress: bool = True, **kwargs) -> dict:
-    """Extract features of two image folders/files and compute :func:`distribution_metrics`."""
-    from medkit.metrics.features import extract_features, get_extractor
+                     progress: bool = True, lpips: str | None = None, lpips_pairs: int = 1000, **kwargs) -> dict:
+    """Extract features of two image folders/files and compute :func:`distribution_metrics` (+ LPIPS)."""
+    from medkit.metrics.features import extract_features, get_extractor, load_image_folder
 
     ext = get_extractor(features, device)
     fr = extract_features(real, ext, batch_size=batch_size, device=device, progress=progress)
     ff = extract_features(fake, ext, batch_size=batch_size, device=device, progress=progress)
     dataset = f"real: {Path(real).name} (n={len(fr)}) vs generated: {Path(fake).name} (n={len(ff)})"
-    return distribution_metrics(fr, ff, ext.name, dataset, progress=progress, **kwargs)
+    out = distribution_metrics(fr, ff, ext.name, dataset, progress=progress, **kwargs)
+    if lpips:
+        out[f"lpips_{lpips}"] = unpaired_lpips(load_image_folder(real), load_image_folder(fake), lpips, lpips_pairs,
+                                               seed=kwargs.get("seed", 0), device=device, dataset=dataset)
+    return out
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,6 +111,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kid-subsets", type=int, default=100)
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--mmd-sigma", default="10", help="RBF width for rbf_mmd: a number (CMMD uses 10) or 'median'")
+    p.add_argument("--lpips", choices=["alex", "vgg"], help="also mean LPIPS over random unpaired pairs "
+                   "(needs the torchvision backbone weights file)")
+    p.add_argument("--lpips-pairs", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
@@ -100,7 +126,7 @@ def run_cli(args) -> int:
     device = env.pick_device(args.device)
     res = evaluate_folders(args.real, args.fake, args.features, batch_size=args.batch_size, device=device,
                            n_boot=args.n_boot, kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-                           mmd_sigma=sigma, seed=args.seed)
+                           mmd_sigma=sigma, seed=args.seed, lpips=args.lpips, lpips_pairs=args.lpips_pairs)
     for w in res.pop("_warnings", []):
         print(f"warning: {w}", file=sys.stderr)
     update_metrics(args.out, args.section, res)

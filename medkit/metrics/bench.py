@@ -75,9 +75,9 @@ _CHILD = r"""
 import resource, sys, torch
 from medkit.metrics import extract_features
 from medkit.metrics.inception import InceptionV3FID
-from medkit.metrics._testing import deterministic_state_dict
+from medkit.metrics._testing import seeded_state_dict
 torch.set_num_threads(2)
-net = InceptionV3FID(state_dict=deterministic_state_dict(InceptionV3FID(state_dict={})))
+net = InceptionV3FID(state_dict=seeded_state_dict(InceptionV3FID.blank_state_dict()))
 f = extract_features(sys.argv[1], net, batch_size=int(sys.argv[2]))
 print(f.shape[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
@@ -103,7 +103,7 @@ def bench_memory(sizes=(64, 512), batch_size: int = 16, image_size: int = 128) -
             count, rss_kb = map(int, res.stdout.split()[-2:])
             rows.append({"images": count, "peak_rss_mb": round(rss_kb / 1024, 1),
                          "seconds": round(time.perf_counter() - t0, 1)})
-    return {"bench": "feature_extraction_memory", "extractor": "inception-v3-fid (deterministic test weights)",
+    return {"bench": "feature_extraction_memory", "extractor": "inception-v3-fid (seeded test weights; same cost as the real ones)",
             "batch_size": batch_size, "image_size": image_size, "runs": rows}
 
 
