@@ -63,12 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate.add_arguments(sub.add_parser("evaluate", help="FID/KID/MMD (with CIs) between two folders of images"))
     report.add_arguments(sub.add_parser("report", help="aggregate runs' metrics.json into a markdown/CSV table and plots"))
-    try:
-        from .eval import downstream
-    except ImportError:  # pragma: no cover - the module is optional while it is being built
-        downstream = None
-    if downstream is not None and hasattr(downstream, "add_arguments"):
-        downstream.add_arguments(sub.add_parser("downstream", help="segmentation utility test: real vs real + synthetic"))
+    sub.add_parser("downstream", add_help=False,
+                   help="segmentation utility test: real vs real + k x synthetic vs synthetic (see --help)")
     from . import kaggle
 
     kaggle.add_subparser(sub)
@@ -102,8 +98,13 @@ def _grid(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["downstream"]:  # its own parser (python -m medkit.eval.downstream)
+        from .eval import downstream
+
+        return downstream.main(argv[1:])
     args = build_parser().parse_args(argv)
-    if args.command in ("evaluate", "report", "downstream"):
+    if args.command in ("evaluate", "report"):
         import importlib
 
         mod = importlib.import_module(f"medkit.eval.{args.command}")

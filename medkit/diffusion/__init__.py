@@ -133,6 +133,25 @@ def training_target(scheduler, x0: torch.Tensor, eps: torch.Tensor, t: torch.Ten
     return scheduler.get_velocity(x0, eps, t)  # v = sqrt(abar) eps - sqrt(1-abar) x0 (Salimans & Ho, 2022)
 
 
+def predicted_x0(scheduler, x_t: torch.Tensor, out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """The network's estimate of x_0 from its output under the scheduler's ``prediction_type``:
+
+        epsilon: x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
+        sample:  x0 = out
+        v:       x0 = sqrt(abar_t) x_t - sqrt(1 - abar_t) v       (Salimans & Ho, arXiv 2202.00512)
+
+    ``t`` holds one timestep per sample. The same conversions diffusers' ``step`` applies internally.
+    """
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return out
+    abar = scheduler.alphas_cumprod.to(x_t.device, torch.float32)[t.long()].view(-1, *([1] * (x_t.ndim - 1)))
+    a, s = abar.sqrt().to(x_t.dtype), (1 - abar).sqrt().to(x_t.dtype)
+    if kind == "epsilon":
+        return (x_t - s * out) / a
+    return a * x_t - s * out
+
+
 @torch.no_grad()
 def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler, shape, *,
            num_inference_steps: int = 50, eta: float = 0.0, generator: torch.Generator | None = None,

@@ -7,6 +7,7 @@
 - perceptual: :class:`LPIPS` / :func:`lpips_distance` (alex, vgg; the lpips package's numbers) and
   :class:`InceptionV3FID` (torch-fidelity's FID network), both torchvision-free; their pretrained
   weights are looked up locally and :class:`WeightsUnavailable` says which file to attach
+- masks: :func:`mmd_mf` (SLIM-Diff's mask-morphology MMD), :func:`dice`, :func:`iou`
 - :func:`mean_ci`: mean and normal-approximation 95% CI of per-image values
 """
 from medkit.metrics.distribution import (SmallSampleWarning, fid_bootstrap, fid_infinity, frechet_distance, kid,
@@ -15,8 +16,11 @@ from medkit.metrics._weights import WeightsUnavailable
 from medkit.metrics.features import extract_features, get_extractor, iter_image_folder, load_image_folder
 from medkit.metrics.inception import InceptionV3FID
 from medkit.metrics.lpips import LPIPS, lpips_distance
+from medkit.metrics.masks import FEATURE_NAMES, MMDMFResult, lesion_features, mmd_mf, mmd_mf_from_features
+from medkit.metrics.segmentation import dice, iou
 from medkit.metrics.pixel import mae, mean_ci, psnr, ssim
 
 __all__ = ["ssim", "psnr", "mae", "mean_ci", "frechet_distance", "fid_bootstrap", "fid_infinity", "kid",
            "rbf_mmd", "SmallSampleWarning", "extract_features", "get_extractor", "iter_image_folder",
-           "load_image_folder", "InceptionV3FID", "LPIPS", "lpips_distance", "WeightsUnavailable"]
+           "load_image_folder", "InceptionV3FID", "LPIPS", "lpips_distance", "WeightsUnavailable", "mmd_mf",
+           "mmd_mf_from_features", "lesion_features", "MMDMFResult", "FEATURE_NAMES", "dice", "iou"]
