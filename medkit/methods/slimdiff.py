@@ -1,0 +1,304 @@
+"""SLIM-Diff: joint synthesis of an MRI slice and its lesion mask with one shared U-Net.
+
+Pascual-Gonzalez et al., "SLIM-Diff", arXiv 2602.03372 (code: github MarioPasc/slim-diff). This module
+follows the paper's "camera-ready" recipe (the public README describes an older configuration).
+
+Data. x0 = [image, mask] in [-1, 1]^{2 x H x W}: a FLAIR slice scaled to [-1, 1] and its lesion mask in
+{-1, +1} (``medkit.data.lesion_slices``). Each slice has a token
+
+    c = z_bin + n_bins * pathology_class      (n_bins = 30 local z-bins x {lesion-free, lesion})
+
+whose learned embedding is added to the time embedding (MONAI's ``num_class_embeds``).
+
+Model. MONAI DiffusionModelUNet, 2 channels in and out (+2 in with self-conditioning); the paper's
+sizes (channels 64-128-256-256, attention at the two deepest levels, 26.9M parameters, 160 x 160) in the
+t4 profile, small ones for CPUs.
+
+Training. Cosine schedule, T = 1000. The network predicts eps, x0 or v (``prediction``); the loss is an
+Lp distance per channel, summed with channel weights:
+
+    L = sum_c w_c * mean_{b,h,w} | f_theta(x_t, t, c)_c - target_c |^p ,   target in {eps, x0, v}
+
+with p = 1.5 (best images) or 2.0 (best masks) in the paper. Self-conditioning (Chen et al., "Analog
+Bits", arXiv 2208.04202): with probability ``self_cond_p`` per batch, a first pass with zero
+self-conditioning channels gives x0_hat (clamped to [-1, 1], no gradient), which is concatenated to x_t
+for the trained pass; otherwise zeros are.
+
+Sampling. DDIM (300 steps, eta 0.2 in the paper) with "trailing" spacing, so it starts at t = T-1 (MONAI's
+DDIM uses "leading" spacing and would start at 897), each step's x0 estimate clipped to [-1, 1], the
+previous step's clamped x0_hat fed back as self-conditioning; the mask channel is thresholded at 0.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import diffusion
+
+PREDICTIONS = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        image_size=32, n_subjects=3, unet_channels=(16, 32, 32), attention_levels=(False, False, True),
+        num_res_blocks=1, num_head_channels=16, norm_num_groups=8,
+        batch=8, train_steps=12, lr=1e-3, warmup_steps=2, ckpt_every=5,
+        sampling_steps=5, n_per_class=2, precision="fp32",
+    ),
+    "cpu-demo": dict(
+        image_size=64, n_subjects=10, unet_channels=(32, 64, 64), attention_levels=(False, False, True),
+        num_res_blocks=1, num_head_channels=32, norm_num_groups=16,
+        batch=16, train_steps=1500, lr=5e-4, warmup_steps=50, ckpt_every=250,
+        sampling_steps=50, n_per_class=32, precision="auto",
+    ),
+    "t4": dict(  # the paper's model and recipe
+        image_size=160, n_subjects=10, unet_channels=(64, 128, 256, 256), attention_levels=(False, False, True, True),
+        num_res_blocks=2, num_head_channels=32, norm_num_groups=32,
+        batch=16, train_steps=50_000, lr=1e-4, warmup_steps=500, ckpt_every=1000,
+        sampling_steps=300, n_per_class=500, precision="auto",
+    ),
+}
+COMMON: dict[str, Any] = dict(
+    data="mni152-lesions",    # "mni152-lesions" (MNI152 + synthetic WM lesions, labelled synthetic) or a NIfTI folder with masks
+    prediction="x0",          # "eps" | "v" | "x0" (the paper's choice)
+    lp=1.5,                   # exponent p of the Lp loss (1.5: best images, 2.0: best masks)
+    channel_weights=(1.0, 1.0),  # (image, mask) loss weights
+    self_cond_p=0.5,          # probability per batch of the self-conditioning pass; 0 = off (and no extra channels)
+    n_bins=30,                # local z-bins; tokens = z_bin + n_bins * pathology_class
+    num_train_timesteps=1000,
+    weight_decay=1e-4,
+    grad_clip=1.0,
+    lr_min=1e-6,              # cosine LR decay to this
+    ema_decay=0.999,
+    sampling_eta=0.2,
+    seed=0,
+)
+
+
+def config(profile: str = "cpu-demo", **overrides) -> dict:
+    """The resolved settings of a profile with ``overrides``; unknown keys and bad values raise."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r}: use one of {sorted(PROFILES)}")
+    cfg = {"method": "slimdiff", "profile": profile, **COMMON, **PROFILES[profile]}
+    unknown = sorted(set(overrides) - set(cfg))
+    if unknown:
+        raise ValueError(f"unknown SLIM-Diff setting(s) {unknown}; known: {sorted(cfg)}")
+    cfg.update(overrides)
+    for k in ("unet_channels", "attention_levels", "channel_weights"):
+        cfg[k] = tuple(cfg[k])
+    if cfg["prediction"] not in PREDICTIONS:
+        raise ValueError(f"prediction={cfg['prediction']!r}: use one of {sorted(PREDICTIONS)} (eps, v or x0)")
+    if not (isinstance(cfg["lp"], (int, float)) and cfg["lp"] > 0):
+        raise ValueError(f"lp={cfg['lp']!r}: the Lp exponent must be a positive number (the paper uses 1.5-2.5)")
+    if not 0.0 <= float(cfg["self_cond_p"]) <= 1.0:
+        raise ValueError(f"self_cond_p={cfg['self_cond_p']!r}: a probability in [0, 1]")
+    if len(cfg["channel_weights"]) != 2 or min(cfg["channel_weights"]) < 0:
+        raise ValueError(f"channel_weights={cfg['channel_weights']!r}: two non-negative weights (image, mask)")
+    if len(cfg["attention_levels"]) != len(cfg["unet_channels"]):
+        raise ValueError(f"attention_levels {cfg['attention_levels']} needs one entry per level of "
+                         f"unet_channels {cfg['unet_channels']}")
+    if cfg["image_size"] % 2 ** (len(cfg["unet_channels"]) - 1):
+        raise ValueError(f"image_size={cfg['image_size']} must be divisible by {2 ** (len(cfg['unet_channels']) - 1)} "
+                         f"(the U-Net halves it {len(cfg['unet_channels']) - 1} times)")
+    for c in cfg["unet_channels"]:
+        if c % cfg["norm_num_groups"] or c % cfg["num_head_channels"]:
+            raise ValueError(f"unet_channels {cfg['unet_channels']}: each must be a multiple of norm_num_groups="
+                             f"{cfg['norm_num_groups']} and num_head_channels={cfg['num_head_channels']}")
+    return cfg
+
+
+def self_conditioning(cfg: dict) -> bool:
+    return float(cfg["self_cond_p"]) > 0
+
+
+def build_unet(cfg: dict) -> torch.nn.Module:
+    """The shared U-Net on [image, mask] (+ [x0_hat image, x0_hat mask]), token embedding added to time's.
+
+    Initialised from ``cfg['seed']`` without touching the caller's RNG state.
+    """
+    from monai.networks.nets import DiffusionModelUNet
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(cfg["seed"]))
+        return DiffusionModelUNet(
+            spatial_dims=2, in_channels=4 if self_conditioning(cfg) else 2, out_channels=2,
+            channels=tuple(cfg["unet_channels"]), attention_levels=tuple(cfg["attention_levels"]),
+            num_res_blocks=cfg["num_res_blocks"], num_head_channels=cfg["num_head_channels"],
+            norm_num_groups=cfg["norm_num_groups"], norm_eps=1e-6, num_class_embeds=2 * cfg["n_bins"])
+
+
+def build_scheduler(cfg: dict, kind: str = "ddim"):
+    """Cosine schedule, T = 1000, x0 estimates clipped to [-1, 1], trailing spacing for sampling."""
+    return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"], beta_schedule="cosine",
+                                    prediction_type=PREDICTIONS[cfg["prediction"]], timestep_spacing="trailing",
+                                    clip_sample=True, clip_sample_range=1.0)
+
+
+# ------------------------------------------------------------------------------------------- loss
+def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float, weights=(1.0, 1.0)) -> tuple[torch.Tensor, list]:
+    """sum_c w_c * mean |pred_c - target_c|^p, and the per-channel terms (before weighting)."""
+    per = (pred.float() - target.float()).abs().pow(p).mean(dim=(0, 2, 3))
+    w = torch.as_tensor(weights, dtype=per.dtype, device=per.device)
+    return (w * per).sum(), [float(v) for v in per.detach()]
+
+
+def _net(unet, x_t, cond, t, tokens):
+    inp = x_t if cond is None else torch.cat([x_t, cond], 1)
+    return unet(inp, t, class_labels=tokens)
+
+
+def training_loss(unet, batch: dict, step: int, scheduler, cfg: dict):
+    """One SLIM-Diff training step's loss (``Trainer.fit``'s loss_fn); logs the per-channel terms."""
+    x0 = torch.cat([batch["image"], batch["mask"]], 1)
+    tokens = batch["token"].long()
+    b = x0.shape[0]
+    eps = torch.randn_like(x0)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=x0.device).long()
+    x_t = diffusion.add_noise(scheduler, x0, eps, t)
+    cond, used = None, 0.0
+    if self_conditioning(cfg):
+        cond = torch.zeros_like(x0)
+        if torch.rand(()) < float(cfg["self_cond_p"]):  # one coin flip per batch, as the paper's code
+            with torch.no_grad():
+                first = _net(unet, x_t, cond, t, tokens)
+                cond = diffusion.predicted_x0(scheduler, x_t, first.float(), t).clamp(-1, 1).to(x0.dtype)
+            used = 1.0
+    out = _net(unet, x_t, cond, t, tokens)
+    target = diffusion.training_target(scheduler, x0, eps, t)
+    loss, (l_img, l_mask) = lp_loss(out, target, float(cfg["lp"]), cfg["channel_weights"])
+    return loss, {"loss_image": l_img, "loss_mask": l_mask, "self_cond": used}
+
+
+# -------------------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def generate(unet, scheduler, tokens, cfg: dict, *, steps: int | None = None, eta: float | None = None,
+             seed: int = 0, device="cpu", batch_size: int = 32, progress: bool = True):
+    """Images (N, 1, H, W) in [-1, 1] and binary masks (N, 1, H, W) in {0, 1} for the given tokens.
+
+    DDIM with trailing spacing from x_T ~ N(0, I) (a CPU generator seeded with ``seed``, so CPU and GPU
+    draw the same noise), self-conditioning on the previous step's clamped x0 estimate, mask > 0.
+    """
+    from tqdm.auto import tqdm
+
+    steps = int(steps or cfg["sampling_steps"])
+    eta = float(cfg["sampling_eta"] if eta is None else eta)
+    tokens = torch.as_tensor(tokens, dtype=torch.long)
+    unet.eval()
+    g = torch.Generator().manual_seed(int(seed))
+    size = int(cfg["image_size"])
+    images, masks = [], []
+    chunks = range(0, len(tokens), batch_size)
+    bar = tqdm(total=len(chunks) * steps, desc="SLIM-Diff DDIM", disable=not progress, leave=False)
+    for i in chunks:
+        tok = tokens[i:i + batch_size].to(device)
+        n = len(tok)
+        scheduler.set_timesteps(steps, device=device)
+        x = torch.randn((n, 2, size, size), generator=g).to(device)
+        x0_hat = torch.zeros_like(x) if self_conditioning(cfg) else None
+        for t in scheduler.timesteps:
+            tb = t.expand(n).to(device)
+            out = _net(unet, x, x0_hat, tb, tok).float()
+            if x0_hat is not None:
+                x0_hat = diffusion.predicted_x0(scheduler, x, out, tb).clamp(-1, 1)
+            noise = torch.randn(x.shape, generator=g).to(device) if eta > 0 else None
+            x = scheduler.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
+            bar.update(1)
+        images.append(x[:, :1].clamp(-1, 1).cpu())
+        masks.append((x[:, 1:2] > 0).float().cpu())
+    bar.close()
+    return torch.cat(images), torch.cat(masks)
+
+
+# --------------------------------------------------------------------------------- generation spec
+SPEC_CLASSES = ("lesion", "lesion_free")
+
+
+class SpecError(ValueError):
+    """A generation spec that cannot be run; the message names the key and what to do."""
+
+
+def parse_spec(spec, n_bins: int, available: dict | None = None) -> dict:
+    """Validate a generation spec and expand it to ``{"seed", "tokens", "counts"}``.
+
+    A spec (a dict, a JSON string or a path to a JSON file)::
+
+        {"seed": 0,
+         "counts": {"all": {"lesion": 4, "lesion_free": 4},     # every z-bin the model was trained on
+                    "12":  {"lesion": 20}}}                       # overrides "all" for bin 12
+
+    ``available`` maps class name -> the z-bins that class had in training; "all" expands to those, and an
+    explicit bin the model never saw for a class is an error (its token embedding was never trained).
+    Everything is checked before anything is generated.
+    """
+    src = spec
+    if isinstance(spec, (str, Path)) and not str(spec).lstrip().startswith("{"):
+        path = Path(spec)
+        if not path.is_file():
+            raise SpecError(f"generation spec {path} does not exist.")
+        try:
+            spec = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise SpecError(f"generation spec {path} is not valid JSON ({e}).") from None
+    elif isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as e:
+            raise SpecError(f"generation spec is not valid JSON ({e}).") from None
+    where = f"generation spec {src}" if isinstance(src, Path) or (isinstance(src, str) and not src.lstrip().startswith("{")) else "generation spec"
+    if not isinstance(spec, dict):
+        raise SpecError(f"{where}: expected a JSON object with 'seed' and 'counts'.")
+    extra = sorted(set(spec) - {"seed", "counts"})
+    if extra:
+        raise SpecError(f"{where}: unknown key(s) {extra}; a spec has 'seed' and 'counts'.")
+    seed = spec.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise SpecError(f"{where}: seed={seed!r} must be a non-negative integer.")
+    counts = spec.get("counts")
+    if not isinstance(counts, dict) or not counts:
+        raise SpecError(f"{where}: 'counts' must be an object like {{\"all\": {{\"lesion\": 4, \"lesion_free\": 4}}}}.")
+    avail = {c: sorted(available.get(c, [])) if available else list(range(n_bins)) for c in SPEC_CLASSES}
+    per_bin: dict[int, dict[str, int]] = {}
+    explicit: dict[int, dict[str, int]] = {}
+    for key, val in counts.items():
+        if not isinstance(val, dict):
+            raise SpecError(f"{where}: counts[{key!r}] must be an object with 'lesion' and/or 'lesion_free' counts.")
+        bad = sorted(set(val) - set(SPEC_CLASSES))
+        if bad:
+            raise SpecError(f"{where}: counts[{key!r}] has unknown class(es) {bad}; use 'lesion' and 'lesion_free'.")
+        for c, n in val.items():
+            if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+                raise SpecError(f"{where}: counts[{key!r}][{c!r}]={n!r} must be a non-negative integer.")
+        if key == "all":
+            continue
+        try:
+            b = int(key)
+        except ValueError:
+            raise SpecError(f"{where}: counts key {key!r} is neither 'all' nor a z-bin number (0..{n_bins - 1}).") from None
+        if not 0 <= b < n_bins:
+            raise SpecError(f"{where}: z-bin {b} is out of range 0..{n_bins - 1}.")
+        for c, n in val.items():
+            if n and b not in avail[c]:
+                raise SpecError(f"{where}: z-bin {b} has no {c.replace('_', '-')} training slices, so its token was "
+                                f"never trained; bins available for {c}: {avail[c]}.")
+        explicit[b] = dict(val)
+    base = counts.get("all", {})
+    for c in SPEC_CLASSES:
+        for b in avail[c]:
+            if base.get(c):
+                per_bin.setdefault(b, {})[c] = base[c]
+    for b, val in explicit.items():
+        per_bin.setdefault(b, {}).update(val)
+    tokens = [b + n_bins * (1 if c == "lesion" else 0)
+              for b in sorted(per_bin) for c in SPEC_CLASSES for _ in range(per_bin[b].get(c, 0))]
+    if not tokens:
+        raise SpecError(f"{where}: asks for 0 samples; give at least one positive count.")
+    return {"seed": seed, "tokens": tokens,
+            "counts": {str(b): {c: per_bin[b].get(c, 0) for c in SPEC_CLASSES} for b in sorted(per_bin)}}
+
+
+def default_spec(cfg: dict) -> dict:
+    return {"seed": int(cfg["seed"]), "counts": {"all": {"lesion": max(1, math.ceil(cfg["n_per_class"] / 8)),
+                                                         "lesion_free": max(1, math.ceil(cfg["n_per_class"] / 8))}}}
