@@ -48,11 +48,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         batch=8, train_steps=12, lr=1e-3, warmup_steps=2, ckpt_every=5,
         sampling_steps=5, n_per_class=2, precision="fp32",
     ),
-    "cpu-demo": dict(
-        image_size=64, n_subjects=10, unet_channels=(32, 64, 64), attention_levels=(False, False, True),
-        num_res_blocks=1, num_head_channels=32, norm_num_groups=16,
-        batch=16, train_steps=1500, lr=5e-4, warmup_steps=50, ckpt_every=250,
-        sampling_steps=50, n_per_class=32, precision="auto",
+    "cpu-demo": dict(  # 0.3 s/step on a 2-core CPU: about 5 minutes of training
+        image_size=64, n_subjects=10, unet_channels=(16, 32, 32, 64), attention_levels=(False, False, False, True),
+        num_res_blocks=1, num_head_channels=16, norm_num_groups=8,
+        batch=16, train_steps=1000, lr=5e-4, warmup_steps=50, ckpt_every=250,
+        sampling_steps=50, n_per_class=64, precision="auto",
     ),
     "t4": dict(  # the paper's model and recipe
         image_size=160, n_subjects=10, unet_channels=(64, 128, 256, 256), attention_levels=(False, False, True, True),

@@ -66,8 +66,7 @@ def bench_mmd_mf(n: int = 2000, size: int = 128) -> dict:
     r = mmd_mf(real, fake, seed=0)
     out = {"bench": "mmd_mf", "n_real": n, "n_generated": n, "size": size,
            "seconds": round(time.perf_counter() - t0, 2)}
-    out.update({k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in dict(r).items()
-                if isinstance(v, (int, float, np.floating, np.integer))})
+    out.update({k: v for k, v in r.entry().items() if k not in ("extractor", "dataset")})
     return out
 
 
@@ -83,7 +82,7 @@ print(f.shape[0], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def bench_memory(sizes=(64, 512), batch_size: int = 16, image_size: int = 128) -> dict:
+def bench_memory(sizes=(64, 256), batch_size: int = 16, image_size: int = 128) -> dict:
     """Peak RSS of a fresh process extracting InceptionV3 features from folders of ``sizes`` PNGs."""
     from PIL import Image
 

@@ -56,7 +56,7 @@ profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) |
 run_dir = ""           # the run directory; empty: <run root>/slimdiff-<profile>
 data = None            # "mni152-lesions" (synthetic lesions on MNI152) or a folder of NIfTI volumes with lesion masks; None: mni152-lesions
 n_subjects = None      # synthetic subjects (each its own lesions); None: the profile's
-image_size = None      # slice size in pixels; None: the profile's (smoke 32, cpu-demo 48, t4 160)
+image_size = None      # slice size in pixels; None: the profile's (smoke 32, cpu-demo 64, t4 160)
 
 # %%
 import matplotlib.pyplot as plt

@@ -56,7 +56,7 @@ profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
 run_dir = ""           # the run directory of notebook 1; empty: <run root>/slimdiff-<profile>
 prediction = None      # "eps" | "v" | "x0"; None: x0 (the paper's choice)
 lp = None              # exponent p of the Lp loss; None: 1.5
-self_cond_p = None     # self-conditioning probability per batch (0 = off); None: 0.5
+self_cond_p = None     # self-conditioning probability per batch (0: off); None: 0.5
 train_steps = None     # optimiser steps; None: the profile's
 batch = None           # slices per step; None: the profile's (t4: 16)
 lr = None              # learning rate; None: the profile's

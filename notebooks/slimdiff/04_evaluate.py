@@ -52,7 +52,7 @@ run_dir = ""           # the run directory of notebooks 1-3; empty: <run root>/s
 features = "auto"      # "inception" (KID; needs its weights file) | "none" | "auto" (inception if its weights are found, else skipped and said so)
 lpips = "auto"         # "vgg" | "alex" | "none" | "auto" (vgg if its weights are found)
 downstream = True      # run the downstream segmentation test with the generated pairs
-downstream_steps = None  # segmenter training steps; None: smoke 3, others 400
+downstream_steps = None  # segmenter training steps; None: the downstream profile's (smoke 3, else 400)
 device = "auto"        # "auto" | "cpu" | "cuda"
 
 # %%
@@ -111,7 +111,7 @@ def try_extractor(choice, build):
     except WeightsUnavailable as e:
         if choice != "auto":
             raise
-        return None, str(e).split("\n")[0]
+        return None, " ".join(str(e).split())
 
 
 ext, why = try_extractor(features, lambda: metrics.get_extractor("inception", dev))
@@ -207,13 +207,15 @@ if downstream:
     pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n_real]
     real_sub = ds.Pairs(real_pairs.images[pick], real_pairs.masks[pick], [real_pairs.names[i] for i in pick])
     synth = ds.Pairs(gen_img, gen_mask, [str(i) for i in range(len(gen_img))])
-    steps_ds = downstream_steps or (3 if profile == "smoke" else 400)
+    seg = dict(ds.PROFILES["smoke" if profile == "smoke" else "cpu-demo"])
+    seg["steps"] = downstream_steps or seg["steps"]
+    seg_cfg = {k: seg[k] for k in ("steps", "batch_size", "lr", "channels", "strides", "num_res_units")}
     rows = ds.run_downstream(real_sub, held, synth, k=(1, 2) if len(gen_img) >= 2 * n_real else (1,), seeds=3,
-                             steps=steps_ds, progress=True)
+                             progress=True, **seg_cfg)
     summary = ds.summarise(rows)
     ds.write_report(run.path / "downstream", rows, summary, dataset=dataset,
                     synthetic_source=f"SLIM-Diff generated pairs ({cfg['prediction']}, p={cfg['lp']})",
-                    config={"n_real": n_real, "steps": steps_ds})
+                    config={"n_real": n_real, **seg_cfg})
     sec = json.loads((run.path / "downstream" / "metrics.json").read_text())["downstream"]
     run.update_metrics("downstream", sec)
     print((run.path / "downstream" / "downstream.md").read_text())
