@@ -302,3 +302,79 @@ def parse_spec(spec, n_bins: int, available: dict | None = None) -> dict:
 def default_spec(cfg: dict) -> dict:
     return {"seed": int(cfg["seed"]), "counts": {"all": {"lesion": max(1, math.ceil(cfg["n_per_class"] / 8)),
                                                          "lesion_free": max(1, math.ceil(cfg["n_per_class"] / 8))}}}
+
+
+# ------------------------------------------------------------------------------- Table 1 layout
+PAPER_TABLE1 = {  # KID / LPIPS / MMD-MF of the paper's Table 1 (lower is better); None: not reported
+    ("eps", 1.5): (0.376, 0.805, 15.34), ("eps", 2.0): (0.432, 0.821, 15.06), ("eps", 2.5): (0.403, 0.817, 15.40),
+    ("v", 1.5): (0.059, None, 2.86), ("v", 2.0): (0.105, None, 6.25), ("v", 2.5): (0.180, None, 6.16),
+    ("x0", 1.5): (0.012, 0.305, 1.43), ("x0", 2.0): (0.034, 0.310, 0.95), ("x0", 2.5): (0.048, 0.319, 1.31),
+}
+
+
+def table1(grid_dir, out=None) -> str:
+    """The Table 1 grid's results laid out like the paper's: rows eps / v / x0, columns p, each cell
+    "KID / LPIPS / MMD-MF +- std" (n/a where a metric was skipped), followed by the paper's numbers and the
+    MMD-MF ordering at each p. Written to ``grid_dir/table1.md`` (or ``out``); returns the markdown."""
+    import pandas as pd
+
+    grid_dir = Path(grid_dir)
+    csv = grid_dir / "results.csv"
+    if not csv.is_file():
+        raise FileNotFoundError(f"{csv} is missing: run `python -m medkit grid run slimdiff-table1 --out {grid_dir}` first.")
+    df = pd.read_csv(csv)
+    done = df[df["status"] == "done"]
+
+    def fmt(v, nd=3):
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{nd}f}"
+
+    ps = sorted(done["lp"].unique()) if len(done) else []
+    lines = ["| prediction | " + " | ".join(f"p = {p:g}" for p in ps) + " |", "|---|" + "---|" * len(ps)]
+    order = {}
+    for pred in ("eps", "v", "x0"):
+        cells = []
+        for p in ps:
+            r = done[(done["prediction"] == pred) & (done["lp"] == p)]
+            if r.empty:
+                cells.append("not run")
+                continue
+            r = r.iloc[0]
+            get = lambda k: r[k] if k in r and pd.notna(r[k]) else None  # noqa: E731
+            mf, sd = get("eval.mmd_mf"), get("eval.mmd_mf.std")
+            lp = get("eval.lpips_vgg")
+            cells.append(f"{fmt(get('eval.kid'))} / {fmt(lp)} / {fmt(mf, 2)}" + (f" +- {sd:.2f}" if sd is not None else ""))
+            if mf is not None:
+                order.setdefault(p, []).append((mf, pred))
+        lines.append(f"| {pred} | " + " | ".join(cells) + " |")
+    lines += ["", "KID / LPIPS / MMD-MF (+- std over 100 subsets); lower is better. The paper's Table 1:", "",
+              "| prediction | p = 1.5 | p = 2.0 | p = 2.5 |", "|---|---|---|---|"]
+    for pred in ("eps", "v", "x0"):
+        lines.append(f"| {pred} | " + " | ".join(" / ".join("-" if v is None else f"{v:g}" for v in PAPER_TABLE1[(pred, p)])
+                                                  for p in (1.5, 2.0, 2.5)) + " |")
+    lines += ["", "MMD-MF ordering here (best first) against the paper's x0 < v < eps:", ""]
+    for p, items in sorted(order.items()):
+        ranked = [pred for _, pred in sorted(items)]
+        verdict = "reproduced" if ranked == ["x0", "v", "eps"] else "not reproduced"
+        lines.append(f"- p = {p:g}: {' < '.join(f'{pred} ({v:.2f})' for v, pred in sorted(items))} - {verdict}")
+    md = "\n".join(lines) + "\n"
+    Path(out or grid_dir / "table1.md").write_text(md)
+    return md
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m medkit.methods.slimdiff",
+                                description="SLIM-Diff helpers: lay out a Table 1 grid like the paper's table")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("table1", help="GRID_DIR/results.csv -> GRID_DIR/table1.md")
+    t.add_argument("grid_dir")
+    args = p.parse_args(argv)
+    print(table1(args.grid_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
