@@ -292,3 +292,16 @@ def test_bad_inputs(tmp_path):
         LesionSliceDataset(tmp_path / "nowhere", "train")
     with pytest.raises(ValueError, match="split='test'"):
         LesionSliceDataset(tmp_path, "test")
+
+
+def test_lesion_options_reach_the_generator_and_the_cache_key(tmp_path):
+    from medkit.data.lesion_slices import build_lesion_cache
+
+    quiet = dict(n_subjects=2, cache_root=tmp_path, log=lambda *a: None)
+    a = build_lesion_cache("mni152-lesions", 32, **quiet)
+    b = build_lesion_cache("mni152-lesions", 32, lesion_options={"radius_mm": (4.0, 14.0)}, **quiet)
+    assert a != b  # a new key for other lesions
+    meta = json.loads((b / "meta.json").read_text())
+    assert meta["settings"]["lesion_options"] == {"radius_mm": [4.0, 14.0]}
+    with pytest.raises(DataError, match="lesion_options"):
+        build_lesion_cache("mni152-lesions", 32, lesion_options={"size": 3}, **quiet)

@@ -168,14 +168,24 @@ def _check_settings(image_size, spacing, crop, percentiles, brain_threshold, min
         raise DataError(f"val_fraction={val_fraction!r}: use a fraction strictly between 0 and 1 (e.g. 0.25).")
 
 
-def _open_source(source: str | Path, n_subjects: int | None, seed: int) -> tuple[str, bool, str, dict, Callable]:
+def _open_source(source: str | Path, n_subjects: int | None, seed: int,
+                 lesion_options: dict | None = None) -> tuple[str, bool, str, dict, Callable]:
     """(source name, synthetic?, fingerprint, source settings, volume iterator factory)."""
+    opts = dict(lesion_options or {})
     if str(source) in SYNTHETIC_SOURCES:
         n = 8 if n_subjects is None else n_subjects
         if not (isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1):
             raise DataError(f"n_subjects={n!r}: use an int >= 1 (3 smoke, 8 cpu-demo).")
-        return (lesions.SOURCE_NAME, True, lesions.source_fingerprint(n, seed), {"n_subjects": int(n)},
-                lambda: lesions.iter_synthetic_lesion_volumes(n, seed))
+        known = {"max_lesions", "radius_mm", "contrast", "gamma", "bias", "lesion_free_every", "base"}
+        if set(opts) - known:
+            raise DataError(f"lesion_options {sorted(set(opts) - known)} unknown; use some of {sorted(known)}.")
+        settings = {"n_subjects": int(n)}
+        if opts:
+            settings["lesion_options"] = {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(opts.items())}
+        return (lesions.SOURCE_NAME, True, lesions.source_fingerprint(n, seed, **opts), settings,
+                lambda: lesions.iter_synthetic_lesion_volumes(n, seed, **opts))
+    if opts:
+        raise DataError("lesion_options only apply to the synthetic source 'mni152-lesions'.")
     if str(source) == "mni152":
         raise DataError("source='mni152' is the plain template, which has no lesion masks; use "
                         "'mni152-lesions' (SYNTHETIC lesions on the template) or a folder of FLAIR volumes "
@@ -206,19 +216,20 @@ def build_lesion_cache(source: str | Path = "mni152-lesions", image_size: int = 
                        percentiles: tuple[float, float] = (0.5, 99.5), brain_threshold: float = -0.9,
                        min_brain_fraction: float = 0.05, min_lesion_px: int | None = None, n_bins: int = 30,
                        val_fraction: float = 0.25, seed: int = 0, cache_root: str | Path | None = None,
-                       log: Callable[[str], None] = print) -> Path:
+                       lesion_options: dict | None = None, log: Callable[[str], None] = print) -> Path:
     """Build (or reuse) SLIM-Diff's [image, lesion mask] slice cache of ``source``; return its folder.
 
     ``source``: ``"mni152-lesions"`` (``n_subjects`` SYNTHETIC subjects, default 8, from
     :func:`medkit.data.lesions.synthetic_lesion_volumes` with ``seed``) or a folder of NIfTI volumes
-    with lesion masks. ``min_lesion_px=None`` -> :func:`default_min_lesion_px`. ``cache_root``
+    with lesion masks. ``lesion_options`` (synthetic source only) go to the lesion generator, e.g.
+    ``{"radius_mm": (3, 12)}`` for larger lesions at small image sizes. ``min_lesion_px=None`` -> :func:`default_min_lesion_px`. ``cache_root``
     defaults to :func:`medkit.env.cache_root`. The recipe is in this module's docstring.
     """
     if min_lesion_px is None and isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
         min_lesion_px = default_min_lesion_px(int(image_size))
     _check_settings(image_size, spacing, crop, percentiles, brain_threshold, min_brain_fraction, min_lesion_px,
                     n_bins, val_fraction)
-    source_name, synthetic, fp, source_settings, volumes = _open_source(source, n_subjects, seed)
+    source_name, synthetic, fp, source_settings, volumes = _open_source(source, n_subjects, seed, lesion_options)
     settings = {"image_size": int(image_size), "spacing": float(spacing), "crop": int(crop),
                 "percentiles": [float(p) for p in percentiles], "brain_threshold": float(brain_threshold),
                 "min_brain_fraction": float(min_brain_fraction), "min_lesion_px": int(min_lesion_px),

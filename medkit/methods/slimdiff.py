@@ -46,13 +46,16 @@ PROFILES: dict[str, dict[str, Any]] = {
         image_size=32, n_subjects=3, unet_channels=(16, 32, 32), attention_levels=(False, False, True),
         num_res_blocks=1, num_head_channels=16, norm_num_groups=8,
         batch=8, train_steps=12, lr=1e-3, warmup_steps=2, ckpt_every=5,
-        sampling_steps=5, n_per_class=2, precision="fp32",
+        sampling_steps=5, n_per_class=2, precision="fp32", lesion_radius_mm=(4.0, 14.0), max_lesions=8,
     ),
     "cpu-demo": dict(  # 0.3 s/step on a 2-core CPU: about 5 minutes of training
         image_size=64, n_subjects=10, unet_channels=(16, 32, 32, 64), attention_levels=(False, False, False, True),
         num_res_blocks=1, num_head_channels=16, norm_num_groups=8,
         batch=16, train_steps=1000, lr=5e-4, warmup_steps=50, ckpt_every=250,
         sampling_steps=50, n_per_class=64, precision="auto",
+        # at 64 px one pixel is 3 mm: larger synthetic lesions (mean ~25 px instead of ~11) give the mask
+        # channel something a short CPU run can learn
+        lesion_radius_mm=(4.0, 14.0), max_lesions=8,
     ),
     "t4": dict(  # the paper's model and recipe
         image_size=160, n_subjects=10, unet_channels=(64, 128, 256, 256), attention_levels=(False, False, True, True),
@@ -63,6 +66,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 COMMON: dict[str, Any] = dict(
     data="mni152-lesions",    # "mni152-lesions" (MNI152 + synthetic WM lesions, labelled synthetic) or a NIfTI folder with masks
+    lesion_radius_mm=(1.5, 10.0),  # synthetic lesions only: radius range of the generator's ellipsoids
+    max_lesions=12,           # synthetic lesions only: up to this many lesions per subject
     prediction="x0",          # "eps" | "v" | "x0" (the paper's choice)
     lp=1.5,                   # exponent p of the Lp loss (1.5: best images, 2.0: best masks)
     channel_weights=(1.0, 1.0),  # (image, mask) loss weights
@@ -87,7 +92,7 @@ def config(profile: str = "cpu-demo", **overrides) -> dict:
     if unknown:
         raise ValueError(f"unknown SLIM-Diff setting(s) {unknown}; known: {sorted(cfg)}")
     cfg.update(overrides)
-    for k in ("unet_channels", "attention_levels", "channel_weights"):
+    for k in ("unet_channels", "attention_levels", "channel_weights", "lesion_radius_mm"):
         cfg[k] = tuple(cfg[k])
     if cfg["prediction"] not in PREDICTIONS:
         raise ValueError(f"prediction={cfg['prediction']!r}: use one of {sorted(PREDICTIONS)} (eps, v or x0)")
@@ -378,3 +383,40 @@ if __name__ == "__main__":
     import sys
 
     sys.exit(main())
+
+
+def estimate_training_memory(cfg: dict, batch: int | None = None, device="cpu") -> dict:
+    """An estimate (not a GPU measurement) of one training step's memory at ``cfg``'s model and batch:
+
+    - weights fp32 + gradients fp32 + AdamW's two moments + the EMA copy: 5 x 4 bytes per parameter;
+    - activations: the bytes of every tensor autograd saves for the backward pass, counted with
+      ``torch.autograd.graph.saved_tensors_hooks`` during one forward of the trained pass (the
+      self-conditioning pass runs under no_grad and saves nothing) under 16-bit autocast - bfloat16 on a
+      CPU, the same size as the fp16 a T4 uses.
+    Allocator fragmentation and cuDNN workspaces are not included; allow ~10-20% on top.
+    """
+    batch = int(batch or cfg["batch"])
+    unet = build_unet(cfg).to(device)
+    n_params = sum(p.numel() for p in unet.parameters())
+    saved = {"bytes": 0, "ids": set()}
+
+    def pack(t):
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key not in saved["ids"]:
+            saved["ids"].add(key)
+            saved["bytes"] += t.numel() * t.element_size()
+        return t
+
+    size = int(cfg["image_size"])
+    x = torch.randn(batch, 4 if self_conditioning(cfg) else 2, size, size, device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+    tok = torch.randint(0, 2 * cfg["n_bins"], (batch,), device=device)
+    dtype = torch.bfloat16 if str(device) == "cpu" else torch.float16
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(str(device).split(":")[0], dtype=dtype):
+        out = unet(x, t, class_labels=tok)
+    del out
+    states = 5 * 4 * n_params
+    gib = 1024 ** 3
+    return {"params": n_params, "batch": batch, "image_size": size, "states_gib": states / gib,
+            "activations_gib": saved["bytes"] / gib, "total_gib": (states + saved["bytes"]) / gib,
+            "method": "estimate: parameter states + autograd-saved activations under 16-bit autocast"}

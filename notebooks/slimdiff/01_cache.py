@@ -71,8 +71,11 @@ print(env.describe())
 run = RunDir(run_dir, default_name=f"slimdiff-{profile}")
 cfg = slimdiff.config(profile, **{k: v for k, v in dict(data=data, n_subjects=n_subjects, image_size=image_size).items()
                                   if v is not None})
-cache = build_lesion_cache(cfg["data"], cfg["image_size"], n_subjects=cfg["n_subjects"] if cfg["data"] == "mni152-lesions" else None,
-                           n_bins=cfg["n_bins"], seed=cfg["seed"])
+synthetic = cfg["data"] in ("mni152-lesions", "mni152-synthetic-lesions")
+cache = build_lesion_cache(cfg["data"], cfg["image_size"], n_subjects=cfg["n_subjects"] if synthetic else None,
+                           n_bins=cfg["n_bins"], seed=cfg["seed"],
+                           lesion_options={"radius_mm": cfg["lesion_radius_mm"], "max_lesions": cfg["max_lesions"]}
+                           if synthetic else None)
 cfg["cache"] = str(cache)
 run.save_config("cache", cfg)
 train, val = LesionSliceDataset(cache, "train"), LesionSliceDataset(cache, "val")

@@ -79,7 +79,8 @@ print(env.describe())
 run = RunDir(run_dir, default_name=f"slimdiff-{profile}")
 data_cfg = run.load_config("cache", needed_by="training")
 overrides = dict(prediction=prediction, lp=lp, self_cond_p=self_cond_p, train_steps=train_steps, batch=batch, lr=lr)
-cfg = slimdiff.config(profile, **{k: data_cfg[k] for k in ("data", "image_size", "n_subjects", "n_bins", "seed")},
+cfg = slimdiff.config(profile, **{k: data_cfg[k] for k in ("data", "image_size", "n_subjects", "n_bins", "seed",
+                                                            "lesion_radius_mm", "max_lesions")},
                       **{k: v for k, v in overrides.items() if v is not None})
 cfg["cache"] = data_cfg["cache"]
 dev = env.pick_device(device)
