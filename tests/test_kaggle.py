@@ -422,7 +422,8 @@ def test_cli_run_and_templates(offline, tmp_path, monkeypatch, capsys):
     (tmp_path / "kaggle" / "sbldm-01_vae" / "kernel-metadata.json").write_text("{}")
     assert cli(["kaggle", "templates"]) == 0
     assert sorted(p.parent.name for p in (tmp_path / "kaggle").glob("*/kernel-metadata.json")) == [
-        "sbldm-01-vae", "sbldm-01_vae", "sbldm-02-latent-diffusion", "sbldm-03-sampling", "sbldm-04-evaluation"]
+        "sbldm-01-vae", "sbldm-01_vae", "sbldm-02-latent-diffusion", "sbldm-03-sampling", "sbldm-04-evaluation",
+        "slimdiff-01-cache", "slimdiff-02-train", "slimdiff-03-generate", "slimdiff-04-evaluate"]
     assert "stale: " in capsys.readouterr().out
 
 
