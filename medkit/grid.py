@@ -37,7 +37,6 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from . import env
 from .run import write_json_atomic

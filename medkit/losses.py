@@ -41,7 +41,6 @@ the small high-frequency differences the loss is meant to focus on.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 FREQUENCY_KINDS = ("fft", "focal")
 

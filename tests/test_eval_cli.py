@@ -98,19 +98,17 @@ def test_distribution_metrics_entries_are_labelled():
 
 @pytest.fixture
 def seeded_inception(monkeypatch):
-    threads = torch.get_num_threads()
-    yield from _seeded(monkeypatch)
-    torch.set_num_threads(threads)
-
-
-def _seeded(monkeypatch):
     """The FID network with seeded weights in place of the pretrained file (its lookup is tested in
-    test_perceptual.py); same architecture and cost, so the evaluate command runs end to end."""
+    test_perceptual.py); same architecture and cost, so the evaluate command runs end to end. One torch
+    thread: a 2-thread Inception pass is far slower on a shared 2-core machine."""
     from medkit.metrics import _testing, inception
 
     sd = _testing.seeded_state_dict(inception.InceptionV3FID.blank_state_dict())
     monkeypatch.setattr(inception, "load_pretrained", lambda spec, weights=None: (sd, "seeded test weights"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)
 
 
 def _png_folder(path, n, level, seed):
@@ -125,7 +123,6 @@ def _png_folder(path, n, level, seed):
 
 
 def test_evaluate_command_end_to_end(tmp_path, seeded_inception, capsys):
-    torch.set_num_threads(1)  # a 2-thread Inception pass is far slower on a shared 2-core machine
     real = _png_folder(tmp_path / "real", 6, 100, 0)
     fake = _png_folder(tmp_path / "fake", 6, 140, 1)
     same = _png_folder(tmp_path / "same", 6, 100, 2)

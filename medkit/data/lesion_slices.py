@@ -50,12 +50,7 @@ the reader: binarise them first (e.g. whole tumour = label > 0) and save as inte
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -67,7 +62,7 @@ import torch.nn.functional as F
 
 from medkit import env
 from medkit.data import lesions
-from medkit.data.slices import _split_blocks, _split_volumes, normalise, resize_slices
+from medkit.data.slices import _split_blocks, _split_volumes, cached_build, normalise, resize_slices
 from medkit.data.sources import DataError, Volume, fingerprint, nifti_folder_volumes
 
 FORMAT_VERSION = 1
@@ -234,34 +229,19 @@ def build_lesion_cache(source: str | Path = "mni152-lesions", image_size: int = 
                 "percentiles": [float(p) for p in percentiles], "brain_threshold": float(brain_threshold),
                 "min_brain_fraction": float(min_brain_fraction), "min_lesion_px": int(min_lesion_px),
                 "n_bins": int(n_bins), "val_fraction": float(val_fraction), "seed": int(seed), **source_settings}
-    key_text = json.dumps({"fingerprint": fp, "settings": settings, "format": FORMAT_VERSION}, sort_keys=True)
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    root = Path(cache_root) if cache_root is not None else env.cache_root()
-    parent = root / "lesion_slices"
-    final = parent / key
-    if (final / "meta.json").is_file():
-        log(f"lesion slices: reusing cache {final} ({source_name}, {image_size} px)")
-        return final
-
-    t0 = time.perf_counter()
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=parent))
-    try:
+    def build(tmp: Path) -> dict:
         meta = _build_into(tmp, source_name, volumes(), settings, log)
-        meta.update(source=source_name, synthetic=synthetic, fingerprint=fp, key=key, format_version=FORMAT_VERSION,
-                    build_seconds=round(time.perf_counter() - t0, 2))
+        meta.update(source=source_name, synthetic=synthetic, fingerprint=fp)
         if synthetic:
             meta["note"] = lesions.NOTE
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():  # not a concurrent build that won the race
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return meta
+
+    root = Path(cache_root) if cache_root is not None else env.cache_root()
+    final, meta = cached_build(root, "lesion_slices", {"fingerprint": fp, "settings": settings}, build,
+                               version=FORMAT_VERSION)
+    if meta is None:
+        log(f"lesion slices: reusing cache {final} ({source_name}, {image_size} px)")
+        return final
     t, c = meta["totals"], meta["classes"]
     log(f"lesion slices: built {final} from {source_name}{' (SYNTHETIC)' if synthetic else ''} in "
         f"{meta['build_seconds']:.1f} s: {t['subjects']} subject(s), train {t['train']} slices "

@@ -133,6 +133,43 @@ def _load_source(source: str | Path) -> tuple[str, list[Volume]]:
 # ---------------------------------------------------------------------------------------------------
 # The cache
 
+def cache_key(identity: dict, version: int = FORMAT_VERSION) -> str:
+    """16 hex digits of the SHA-256 of ``identity`` (data fingerprint and settings) and the format version."""
+    text = json.dumps({**identity, "format": version}, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def cached_build(root: Path, kind: str, identity: dict, build: Callable[[Path], dict],
+                 version: int = FORMAT_VERSION) -> tuple[Path, dict | None]:
+    """``root/kind/<key of identity>``: reused if its meta.json exists (returns ``(folder, None)``), else
+    ``build(tmp)`` fills a temporary folder and returns its meta, which is written as meta.json (with
+    key, format_version and build_seconds) before ``os.replace`` moves the folder into place - a killed
+    build leaves nothing half-written, and of two concurrent builds the first rename wins.
+    """
+    key = cache_key(identity, version)
+    parent = Path(root) / kind
+    final = parent / key
+    if (final / "meta.json").is_file():
+        return final, None
+    t0 = time.perf_counter()
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=parent))
+    try:
+        meta = build(tmp)
+        meta.update(key=key, format_version=version, build_seconds=round(time.perf_counter() - t0, 2))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "meta.json").is_file():  # not a concurrent build that won the race
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, meta
+
+
 def build_slice_cache(source: str | Path = "mni152", image_size: int = 64, *, cache_root: str | Path | None = None,
                       min_content: float = 0.05, percentiles: tuple[float, float] = (0.5, 99.5),
                       val_fraction: float = 0.2, block: int = 8, guard: int = 1, seed: int = 0,
@@ -147,35 +184,18 @@ def build_slice_cache(source: str | Path = "mni152", image_size: int = 64, *, ca
     settings = {"image_size": int(image_size), "min_content": float(min_content), "percentiles": list(percentiles),
                 "val_fraction": float(val_fraction), "block": int(block), "guard": int(guard), "seed": int(seed)}
     fp = fingerprint(source)
-    key_text = json.dumps({"fingerprint": fp, "settings": settings, "format": FORMAT_VERSION}, sort_keys=True)
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+
+    def build(tmp: Path) -> dict:
+        source_name, volumes = _load_source(source)
+        return {**_build_into(tmp, source_name, volumes, settings, log), "fingerprint": fp, "source": source_name}
+
     root = Path(cache_root) if cache_root is not None else env.cache_root()
-    parent = root / "slices"
-    final = parent / key
-    if (final / "meta.json").is_file():
+    final, meta = cached_build(root, "slices", {"fingerprint": fp, "settings": settings}, build)
+    if meta is None:
         log(f"slices: reusing cache {final} ({source}, {image_size} px)")
         return final
-
-    t0 = time.perf_counter()
-    source_name, volumes = _load_source(source)
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=parent))
-    try:
-        meta = _build_into(tmp, source_name, volumes, settings, log)
-        meta.update(fingerprint=fp, key=key, format_version=FORMAT_VERSION, source=source_name,
-                    build_seconds=round(time.perf_counter() - t0, 2))
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "meta.json").is_file():  # not a concurrent build that won the race
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     t = meta["totals"]
-    log(f"slices: built {final} from {source_name} in {meta['build_seconds']:.1f} s: {t['volumes']} volume(s), "
+    log(f"slices: built {final} from {meta['source']} in {meta['build_seconds']:.1f} s: {t['volumes']} volume(s), "
         f"{t['kept']} kept slices (train {t['train']}, val {t['val']}); skipped {t['dropped_filter']} below "
         f"min_content={min_content}, {t['dropped_guard']} as guard next to val, "
         f"{t['empty_volumes']} volume(s) with no kept slice")

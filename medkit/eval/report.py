@@ -104,7 +104,7 @@ def write_report(run_dirs, out, metrics: list[str] | None = None, title: str = "
             md.append(f"- `{k}`" + (" - " + "; ".join(str(b) for b in bits) if bits else ""))
     else:
         md += ["No metric entries in these runs; every scalar is in report.csv."]
-    md += ["", f"Written by `python -m medkit report`; all scalars of every run are in report.csv."]
+    md += ["", "Written by `python -m medkit report`; all scalars of every run are in report.csv."]
     (out / "report.md").write_text("\n".join(md) + "\n")
     if plots and keys:
         _plots(names, entries, rows, keys, out / "figures")

@@ -20,9 +20,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-ENTRY_KEYS = ("value", "ci95", "std", "n", "extractor", "dataset", "unit")
-
-
 def entry(value, *, ci95=None, std=None, n=None, extractor=None, dataset=None, unit=None, **extra) -> dict:
     """A metric entry; ``None`` fields are left out. ``value`` may be NaN (written as JSON null)."""
     out: dict[str, Any] = {"value": _num(value)}

@@ -238,21 +238,18 @@ def parse_spec(spec, n_bins: int, available: dict | None = None) -> dict:
     explicit bin the model never saw for a class is an error (its token embedding was never trained).
     Everything is checked before anything is generated.
     """
-    src = spec
+    where = "generation spec"
     if isinstance(spec, (str, Path)) and not str(spec).lstrip().startswith("{"):
         path = Path(spec)
+        where = f"generation spec {path}"
         if not path.is_file():
-            raise SpecError(f"generation spec {path} does not exist.")
-        try:
-            spec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SpecError(f"generation spec {path} is not valid JSON ({e}).") from None
-    elif isinstance(spec, str):
+            raise SpecError(f"{where} does not exist.")
+        spec = path.read_text()
+    if isinstance(spec, str):
         try:
             spec = json.loads(spec)
         except json.JSONDecodeError as e:
-            raise SpecError(f"generation spec is not valid JSON ({e}).") from None
-    where = f"generation spec {src}" if isinstance(src, Path) or (isinstance(src, str) and not src.lstrip().startswith("{")) else "generation spec"
+            raise SpecError(f"{where} is not valid JSON ({e}).") from None
     if not isinstance(spec, dict):
         raise SpecError(f"{where}: expected a JSON object with 'seed' and 'counts'.")
     extra = sorted(set(spec) - {"seed", "counts"})
@@ -304,9 +301,10 @@ def parse_spec(spec, n_bins: int, available: dict | None = None) -> dict:
             "counts": {str(b): {c: per_bin[b].get(c, 0) for c in SPEC_CLASSES} for b in sorted(per_bin)}}
 
 
-def default_spec(cfg: dict) -> dict:
-    return {"seed": int(cfg["seed"]), "counts": {"all": {"lesion": max(1, math.ceil(cfg["n_per_class"] / 8)),
-                                                         "lesion_free": max(1, math.ceil(cfg["n_per_class"] / 8))}}}
+def default_spec(cfg: dict, available: dict) -> dict:
+    """About ``n_per_class`` samples of each class, spread evenly over the z-bins it was trained on."""
+    per_bin = {c: max(1, math.ceil(cfg["n_per_class"] / max(1, len(available.get(c, []))))) for c in SPEC_CLASSES}
+    return {"seed": int(cfg["seed"]), "counts": {"all": per_bin}}
 
 
 # ------------------------------------------------------------------------------- Table 1 layout

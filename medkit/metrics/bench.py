@@ -6,7 +6,8 @@
 
 Each prints one JSON line (``--out FILE`` also writes it). Features and masks are synthetic but shaped
 like the real thing: correlated 2,048-d features (a random linear map of 256 latent factors plus noise,
-like InceptionV3 pool features, which are far from isotropic), masks with 1-4 elliptic blobs each.
+like InceptionV3 pool features, which are far from isotropic), masks with 1-4 random ellipses each
+(``medkit.metrics.masks.blob_masks``).
 """
 from __future__ import annotations
 
@@ -42,32 +43,11 @@ def bench_fid(n: int = 2000, d: int = 2048, n_boot: int = 200) -> dict:
             "seconds": round(time.perf_counter() - t0, 2), "fid": r["value"], "ci95": r["ci95"]}
 
 
-def random_masks(n: int, size: int = 128, seed: int = 0, scale: float = 1.0) -> np.ndarray:
-    """``n`` binary masks with 1-4 random elliptic blobs (radii scaled by ``scale``)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    out = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        for _ in range(rng.integers(1, 5)):
-            cy, cx = rng.uniform(15, size - 15, 2)
-            ry, rx = rng.uniform(3, 12, 2) * scale
-            th = rng.uniform(0, np.pi)
-            u = (xx - cx) * np.cos(th) + (yy - cy) * np.sin(th)
-            v = -(xx - cx) * np.sin(th) + (yy - cy) * np.cos(th)
-            out[i] |= ((u / rx) ** 2 + (v / ry) ** 2 <= 1).astype(np.uint8)
-    return out
-
-
 def bench_mmd_mf(n: int = 2000, size: int = 128) -> dict:
-    from medkit.metrics.masks import mmd_mf
+    """MMD-MF on n vs n blob masks: :func:`medkit.metrics.masks.bench` (features, MMD and their times)."""
+    from medkit.metrics.masks import bench
 
-    real, fake = random_masks(n, size, 0), random_masks(n, size, 1, scale=1.2)
-    t0 = time.perf_counter()
-    r = mmd_mf(real, fake, seed=0)
-    out = {"bench": "mmd_mf", "n_real": n, "n_generated": n, "size": size,
-           "seconds": round(time.perf_counter() - t0, 2)}
-    out.update({k: v for k, v in r.entry().items() if k not in ("extractor", "dataset")})
-    return out
+    return {"bench": "mmd_mf", **bench(n, size)}
 
 
 _CHILD = r"""

@@ -36,7 +36,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from medkit.metrics._weights import WeightsSpec, load_pretrained

@@ -174,11 +174,13 @@ from medkit.metrics.features import VAEFeatures
 
 wanted = ("vae,inception" if cfg["profile"] == "t4" else "vae") if features == "auto" else features
 dataset = f"{cfg['data']} slices {cfg['image_size']} px: {len(real)} real vs {len(generated)} generated"
+feats = {}
 for name in [f.strip() for f in wanted.split(",") if f.strip()]:
     ext = VAEFeatures(run.path) if name == "vae" else metrics.get_extractor(name)
     ext = ext.to(dev)
     f_real = metrics.extract_features(real, ext, device=dev)
     f_gen = metrics.extract_features(generated, ext, device=dev)
+    feats[name] = (f_real, f_gen)
     res = distribution_metrics(f_real, f_gen, ext.name, dataset, n_boot=n_boot, kid_subset_size=1000, seed=0)
     for w in res.pop("_warnings", []):
         print("note:", w)
@@ -188,7 +190,10 @@ for name in [f.strip() for f in wanted.split(",") if f.strip()]:
         ci = f" (95% CI {v['ci95'][0]:.4g}-{v['ci95'][1]:.4g})" if "ci95" in v else (f" +- {v['std']:.3g}" if "std" in v else "")
         print(f"{k:8s} [{ext.name}] {v['value']:.4g}{ci}")
 
-f_gen, f_real = (VAEFeatures(run.path).to(dev)(x.to(dev)).cpu() for x in (generated, real))
+if "vae" not in feats:
+    vae_ext = VAEFeatures(run.path).to(dev)
+    feats["vae"] = tuple(metrics.extract_features(x, vae_ext, device=dev) for x in (real, generated))
+f_real, f_gen = feats["vae"]
 mmd = metrics.rbf_mmd(f_gen, f_real, sigma="median")
 w1 = wasserstein_distance(generated[generated > -0.9].numpy(), real[real > -0.9].numpy())
 run.update_metrics("eval", {"mmd_vae_latent": entry(mmd, n=min(len(generated), len(real)), extractor="sbldm-vae-latent",

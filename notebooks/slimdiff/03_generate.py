@@ -56,7 +56,6 @@ device = "auto"        # "auto" | "cpu" | "cuda"
 
 # %%
 import json
-import math
 import time
 
 import numpy as np
@@ -76,10 +75,7 @@ dev = env.pick_device(device)
 train = LesionSliceDataset(cfg["cache"], "train")
 available = {"lesion": sorted(set(train.z_bins[train.classes == 1].tolist())),
              "lesion_free": sorted(set(train.z_bins[train.classes == 0].tolist()))}
-if not spec:
-    per_bin = {c: max(1, math.ceil(cfg["n_per_class"] / max(1, len(b)))) for c, b in available.items()}
-    spec = {"seed": cfg["seed"], "counts": {"all": per_bin}}
-plan = slimdiff.parse_spec(spec, cfg["n_bins"], available)
+plan = slimdiff.parse_spec(spec or slimdiff.default_spec(cfg, available), cfg["n_bins"], available)
 (run.samples / "spec.json").write_text(json.dumps(plan["counts"], indent=1))
 print(f"{len(plan['tokens'])} samples over {len(plan['counts'])} z-bins, seed {plan['seed']}")
 
