@@ -1,4 +1,4 @@
-"""Training-time augmentations written for this kit: latent CutMix.
+"""Augmentations written for this kit: latent CutMix (training) and random masks (mask-to-image sampling).
 
 Latent CutMix (the seed plan's extension, not from a published diffusion paper): CutMix (Yun et al.,
 ICCV 2019, arXiv 1905.04899) applied to clean diffusion latents z0 *before* they are noised. With
@@ -73,3 +73,41 @@ def latent_cutmix(z0: torch.Tensor, p: float, *, alpha: float = 1.0, generator: 
     if return_info:
         return mixed, {"mask": mask, "applied": applied, "partner": partner, "boxes": boxes}
     return mixed
+
+
+# ---------------------------------------------------------------------------------------------------
+# Random masks for mask-to-image synthesis
+
+def random_masks(masks: torch.Tensor, *, seed: int = 0, scale: float = 0.15, rotate_deg: float = 20.0,
+                 elastic_magnitude: tuple[float, float] = (1.0, 2.0), elastic_spacing: float = 0.25,
+                 flip: bool = True) -> torch.Tensor:
+    """New masks from real ones: scaling, rotation, elastic deformation and flips (MONAI transforms).
+
+    The "random masks" of Siamese-Diffusion's evaluation (Qiu et al., CVPR 2025): each mask (N, 1, H, W)
+    in {0, 1} is scaled by 1 +- ``scale``, rotated by +- ``rotate_deg``, deformed by MONAI's
+    ``Rand2DElastic`` (control-point ``elastic_spacing`` x the image size, displacement ``elastic_magnitude``
+    in control-point units) and flipped left-right / up-down with probability 0.5 each, then thresholded at
+    0.5, so the result stays binary. Deterministic for a given ``seed``.
+    """
+    import math
+
+    from monai.transforms import Rand2DElastic, RandFlip
+
+    if masks.ndim != 4 or masks.shape[1] != 1:
+        raise ValueError(f"random_masks: masks must be (N, 1, H, W), got {tuple(masks.shape)}")
+    h, w = masks.shape[-2:]
+    spacing = (max(2.0, elastic_spacing * h), max(2.0, elastic_spacing * w))
+    rad = math.radians(rotate_deg)
+    elastic = Rand2DElastic(spacing=spacing, magnitude_range=elastic_magnitude, prob=1.0, rotate_range=(rad,),
+                            scale_range=(scale, scale), mode="bilinear", padding_mode="zeros")
+    flips = [RandFlip(prob=0.5 if flip else 0.0, spatial_axis=ax) for ax in (0, 1)]
+    for k, tr in enumerate([elastic, *flips]):
+        tr.set_random_state(seed=int(seed) * 7 + k)
+    out = []
+    for m in masks.float():
+        x = elastic(m)
+        for f in flips:
+            x = f(x)
+        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)  # MONAI MetaTensor -> Tensor
+        out.append((x > 0.5).float())
+    return torch.stack(out)

@@ -380,8 +380,13 @@ def paired_difference(arm, reference, level: float = 0.95) -> dict:
 
 def run_downstream(real: Pairs, heldout: Pairs, synthetic: Pairs, *, k=(1, 3), seeds: int = 3, steps: int = 400,
                    batch_size: int = 16, lr: float = 2e-3, channels=(16, 32, 64), strides=(2, 2), num_res_units=1,
-                   data_seed: int = 0, progress: bool = True) -> list[dict]:
-    """Train every arm for every seed; one row per (arm, seed) with its mDice / mIoU on ``heldout``."""
+                   data_seed: int = 0, progress: bool = True, synthetic_name: str = "",
+                   include_real: bool = True) -> list[dict]:
+    """Train every arm for every seed; one row per (arm, seed) with its mDice / mIoU on ``heldout``.
+
+    ``synthetic_name`` tags the synthetic arms ("real+1x (random masks)"), so rows of several synthetic
+    sources can be concatenated; ``include_real=False`` leaves out the "real" arm (already in other rows).
+    """
     from tqdm.auto import tqdm
 
     k = sorted({int(x) for x in k})
@@ -398,11 +403,12 @@ def run_downstream(real: Pairs, heldout: Pairs, synthetic: Pairs, *, k=(1, 3), s
                          f"{tuple(synthetic.images.shape[-2:])}, held-out {tuple(heldout.images.shape[-2:])}")
     perm = torch.randperm(len(synthetic.images), generator=torch.Generator().manual_seed(data_seed))[:need]
     syn_i, syn_m = synthetic.images[perm], synthetic.masks[perm]
-    arms = {"real": (real.images, real.masks, n_real, 0)}
+    tag = f" ({synthetic_name})" if synthetic_name else ""
+    arms = {"real": (real.images, real.masks, n_real, 0)} if include_real else {}
     for kk in k:
         m = kk * n_real
-        arms[f"real+{kk}x"] = (torch.cat([real.images, syn_i[:m]]), torch.cat([real.masks, syn_m[:m]]), n_real, m)
-    arms["synthetic"] = (syn_i, syn_m, 0, need)
+        arms[f"real+{kk}x{tag}"] = (torch.cat([real.images, syn_i[:m]]), torch.cat([real.masks, syn_m[:m]]), n_real, m)
+    arms[f"synthetic{tag}"] = (syn_i, syn_m, 0, need)
 
     rows = []
     bar = tqdm(total=len(arms) * seeds * steps, desc="downstream", disable=not progress, mininterval=1.0)
@@ -520,7 +526,7 @@ def _plot(path: Path, rows, summary, synthetic_source: str) -> None:
     import matplotlib.pyplot as plt
 
     arms = [s["arm"] for s in summary]
-    colors = ["0.55" if a == "real" else "C1" if a == "synthetic" else "C0" for a in arms]
+    colors = ["0.55" if a == "real" else "C1" if a.startswith("synthetic") else "C0" for a in arms]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     x = np.arange(len(arms))
     for ax, met, name in zip(axes, ("mdice", "miou"), ("mDice", "mIoU")):

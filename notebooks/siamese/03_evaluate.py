@@ -1,0 +1,184 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Siamese-Diffusion 3/3 - evaluation
+#
+# * **Image quality** against the real training images: FID and KID on InceptionV3 features, unpaired LPIPS
+#   (the paper's Table 1 measures; each needs its weights file - missing weights are reported, not faked).
+# * **Mask following**: Dice between each mask and a threshold segmentation of its sample (from notebook 2).
+# * **Downstream segmentation** (the paper's Tables 2-3 question): a small MONAI U-Net trained on the real
+#   pairs, on real + synthetic pairs from the real masks, and on real + synthetic pairs from random masks,
+#   scored on held-out real pairs (3 paired seeds, 95% CIs of the differences to "real").
+#
+# **How long:** `smoke` seconds; `cpu-demo` 2-4 minutes; `t4` minutes.
+
+# %% [markdown]
+# ## Setup
+
+# %%
+import importlib.util, os, subprocess, sys
+from pathlib import Path
+
+if importlib.util.find_spec("medkit") is None:
+    here = [p for p in (Path.cwd(), *Path.cwd().parents) if (p / "medkit" / "__init__.py").is_file()]
+    kaggle = [p.parent.parent for d in ("*", "*/*", "*/*/*") for p in Path("/kaggle/input").glob(f"{d}/medkit/__init__.py")]
+    if here or kaggle:
+        sys.path.insert(0, str((here or kaggle)[0]))
+    elif os.environ.get("MEDKIT_PIP"):
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", os.environ["MEDKIT_PIP"]], check=True)
+    else:
+        raise ImportError("medkit not found: run from the repository checkout, attach the medkit repository as a "
+                          "Kaggle dataset, or set MEDKIT_PIP to a pip spec of the repository.")
+    root = (here or kaggle or [None])[0]
+    if root is not None and importlib.util.find_spec("monai") is None:  # Kaggle/Colab images lack MONAI
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
+
+# %% tags=["parameters"]
+profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+backend = "scratch"    # "scratch" | "sd15"
+run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/siamese-<backend>-<profile>
+features = "auto"      # "inception" (FID/KID; needs its weights file) | "none" | "auto" (inception if its weights are found)
+lpips = "auto"         # "vgg" | "alex" | "none" | "auto" (vgg if its weights are found)
+downstream = True      # run the downstream segmentation test
+downstream_steps = None  # segmenter training steps; None: the downstream profile's (smoke 3, else 400)
+device = "auto"        # "auto" | "cpu" | "cuda"
+
+# %%
+import json
+
+import torch
+
+from medkit import env, metrics, viz
+from medkit.data import pairs
+from medkit.eval import entry
+from medkit.eval.evaluate import distribution_metrics, unpaired_lpips
+from medkit.metrics import WeightsUnavailable
+from medkit.run import RunDir
+
+print(env.describe())
+run = RunDir(run_dir, default_name=f"siamese-{backend}-{profile}")
+cfg = run.load_config("train", needed_by="evaluation")
+dev = env.pick_device(device)
+generated = {}
+for name in ("real_masks", "random_masks"):
+    path = run.samples / f"{name}.pt"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run notebook 2 (sampling) with run_dir={str(run.path)!r}")
+    generated[name] = torch.load(path)
+train, val = pairs.PairDataset(cfg["cache"], "train"), pairs.PairDataset(cfg["cache"], "val")
+real_img = torch.stack([train[i]["image"] for i in range(len(train))])
+real_mask = torch.stack([train[i]["mask"] for i in range(len(train))])
+held_img = torch.stack([val[i]["image"] for i in range(len(val))])
+held_mask = torch.stack([val[i]["mask"] for i in range(len(val))])
+source = train.meta.get("description", cfg["data"]) if hasattr(train, "meta") else cfg["data"]
+dataset = f"{source}, {cfg['image_size']} px: {len(real_img)} real training images"
+print(dataset, {k: len(v["images"]) for k, v in generated.items()})
+
+# %% [markdown]
+# ## Image quality: FID, KID, LPIPS
+
+
+# %%
+def try_build(choice, build):
+    if choice == "none":
+        return None, "not requested"
+    try:
+        return build(), None
+    except WeightsUnavailable as e:
+        if choice != "auto":
+            raise
+        return None, " ".join(str(e).split())
+
+
+ext, why = try_build(features, lambda: metrics.get_extractor("inception", dev))
+net_name = "vgg" if lpips == "auto" else lpips
+lp_model, why_lp = try_build(lpips, lambda: metrics.LPIPS(net_name))
+fr = metrics.extract_features(real_img, ext, device=dev) if ext is not None else None
+for name, g in generated.items():
+    ds_name = f"{dataset} vs {len(g['images'])} generated from {name.replace('_', ' ')}"
+    if ext is not None:
+        res = distribution_metrics(fr, metrics.extract_features(g["images"], ext, device=dev), ext.name, ds_name,
+                                   kid_subset_size=min(1000, len(real_img), len(g["images"])))
+        res.pop("_warnings", None)
+        run.update_metrics("eval", {f"fid_{name}": res["fid"], f"kid_{name}": res["kid"]})
+        print(f"{name}: FID {res['fid']['value']:.2f}, KID {res['kid']['value']:.4f}")
+    else:
+        run.update_metrics("eval", {f"fid_{name}": entry(None, extractor="inception-v3-fid", dataset=ds_name, skipped=why)})
+    if lp_model is not None:
+        run.update_metrics("eval", {f"lpips_{net_name}_{name}": unpaired_lpips(real_img, g["images"], net=lp_model,
+                                                                               pairs=1000, device=dev, dataset=ds_name)})
+    else:
+        run.update_metrics("eval", {f"lpips_{name}": entry(None, dataset=ds_name, skipped=why_lp)})
+if ext is None:
+    print(f"FID/KID skipped: {why}")
+if lp_model is None:
+    print(f"LPIPS skipped: {why_lp}")
+
+# %% [markdown]
+# ## Mask following (from notebook 2)
+
+# %%
+follow = run.metrics().get("sampling", {}).get("mask_following_dice", {})
+for name, d in follow.items():
+    print(f"{name:13s} Dice {d['mean']:.3f} +- {d['std']:.3f}")
+run.update_metrics("eval", {f"mask_following_dice_{k}": entry(v["mean"], std=v["std"], dataset=dataset)
+                            for k, v in follow.items()})
+
+# %% [markdown]
+# ## Gallery
+# Masks, their samples and (for real masks) the real image, per mask source.
+
+# %%
+frames = {name: dict(images=g["images"][:8], masks=g["masks"][:8], real=real_img[:8], real_masks=real_mask[:8])
+          for name, g in generated.items()}
+viz.save_static_gallery(frames, path=run.figures / "gallery.png", slider_name="mask source")
+display(viz.SampleGallery(frames, slider_name="mask source", nrow=4,
+                          title="Siamese-Diffusion: real (left) vs generated (right)"))
+
+# %% [markdown]
+# ## Downstream segmentation test
+# Real training pairs vs real + 1x synthetic pairs from the real masks vs real + 1x synthetic pairs from
+# random masks (and synthetic only), scored on the held-out real pairs.
+
+# %%
+if downstream:
+    from medkit.eval import downstream as ds
+
+    real_pairs = ds.Pairs(real_img.mean(1, keepdim=True), real_mask, [str(i) for i in range(len(real_img))])
+    held = ds.Pairs(held_img.mean(1, keepdim=True), held_mask, [str(i) for i in range(len(held_img))])
+    n_real = min(len(real_img), *(len(g["images"]) for g in generated.values()))
+    real_sub = ds.Pairs(real_pairs.images[:n_real], real_pairs.masks[:n_real], real_pairs.names[:n_real])
+    seg = dict(ds.PROFILES["smoke" if profile == "smoke" else "cpu-demo"])
+    seg["steps"] = downstream_steps or seg["steps"]
+    seg_cfg = {k: seg[k] for k in ("steps", "batch_size", "lr", "channels", "strides", "num_res_units")}
+    rows = []
+    for j, (name, g) in enumerate(generated.items()):
+        synth = ds.Pairs(g["images"].mean(1, keepdim=True), g["masks"], [str(i) for i in range(len(g["images"]))])
+        rows += ds.run_downstream(real_sub, held, synth, k=(1,), seeds=3, synthetic_name=name.replace("_", " "),
+                                  include_real=(j == 0), progress=True, **seg_cfg)
+    summary = ds.summarise(rows)
+    ds.write_report(run.path / "downstream", rows, summary, dataset=f"{source}, held-out pairs",
+                    synthetic_source=f"Siamese-Diffusion ({cfg['backend']}) from real and random masks",
+                    config={"n_real": n_real, **seg_cfg})
+    sec = json.loads((run.path / "downstream" / "metrics.json").read_text())["downstream"]
+    run.update_metrics("downstream", sec)
+    print((run.path / "downstream" / "downstream.md").read_text())
+
+# %% [markdown]
+# ## Summary
+
+# %%
+print(json.dumps({k: run.metrics().get(k) for k in ("train", "sampling", "eval")}, indent=1, default=str)[:4000])

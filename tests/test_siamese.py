@@ -1,0 +1,125 @@
+"""Siamese-Diffusion: the training step against a literal deep-copy port, loss terms, config, sampling."""
+import pytest
+import torch
+
+from medkit.methods import siamese
+from medkit.methods.siamese_bench import literal_loss
+
+
+def _tiny(**over):
+    cfg = siamese.config("smoke", "scratch", **{"train_steps": 9, "p_uncond": 0.25, **over})
+    net = siamese.build_scratch(cfg)
+    with torch.no_grad():  # leave the zero-initialised output / zero convolutions: gradients must flow everywhere
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    sched = siamese.build_scheduler(cfg, "ddpm")
+    g = torch.Generator().manual_seed(1)
+    n = cfg["image_size"]
+    batch = {"image": torch.rand(4, 1, n, n, generator=g) * 2 - 1,
+             "mask": (torch.rand(4, 1, n, n, generator=g) > 0.6).float()}
+    return cfg, net, sched, batch
+
+
+def _grads(net, fn, *args):
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(123)
+    loss = fn(net, *args)
+    loss = loss[0] if isinstance(loss, tuple) else loss
+    loss.backward()
+    return float(loss), {k: (p.grad.clone() if p.grad is not None else None) for k, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("over,step", [
+    ({}, 8),                                           # every term, Online-Augmentation active (step > N/3)
+    ({"t_tau": 999}, 8),                               # augmentation for every sample
+    ({}, 1),                                           # before K_tau: no augmentation
+    ({"w_c": 0.5, "w_m": 0.7, "dhi": False}, 8),       # Table 6 weight, standard hint block
+    ({"image_branch": False, "online_aug": False, "w_c": 0.0}, 8),   # plain ControlNet
+    ({"gradient_checkpointing": True}, 8),             # recomputation must not leak into the UNet
+])
+def test_gradients_equal_literal_deepcopy_step(over, step):
+    cfg, net, sched, batch = _tiny(**over)
+    loss_ref, g_ref = _grads(net, literal_loss, batch, step, sched, cfg)
+    loss_our, g_our = _grads(net, siamese.training_loss, batch, step, sched, cfg)
+    assert loss_our == pytest.approx(loss_ref, rel=1e-6, abs=1e-7)
+    assert g_ref.keys() == g_our.keys()
+    n_checked = 0
+    for k in g_ref:
+        a, b = g_ref[k], g_our[k]
+        assert (a is None) == (b is None), k
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7, msg=k)
+            n_checked += 1
+    assert n_checked > 10
+    cn = [g for k, g in g_ref.items() if k.startswith("controlnet.") and g is not None]
+    assert cn and all(torch.isfinite(g).all() for g in cn) and sum(float(g.abs().sum()) for g in cn) > 0
+
+
+def test_image_branch_reaches_controlnet_not_unet():
+    """L_i alone: gradients on the ControlNet, none on any UNet weight (the official deep copy's effect)."""
+    cfg, net, sched, batch = _tiny(online_aug=False)
+    torch.manual_seed(0)
+    x0 = batch["image"]
+    t = torch.full((4,), 500)
+    eps = torch.randn_like(x0)
+    x_t = siamese.diffusion.add_noise(sched, x0, eps, t)
+    c_m = net.control(x_t, t, siamese.mask_hint(batch["mask"], 1))
+    c_i = net.control(x_t, t, siamese.image_hint(x0))
+    eps_mix = net.denoise(x_t, t, siamese.mix(c_m, c_i, 1.0, 0.5), fixed=True)
+    siamese.mse_per_sample(eps_mix, eps).mean().backward()
+    assert all(p.grad is None for p in net.unet.parameters())
+    grads = [p.grad for p in net.controlnet.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+
+
+def test_logged_terms_and_w_i():
+    cfg, net, sched, batch = _tiny(t_tau=999)
+    torch.manual_seed(0)
+    loss, logs = siamese.training_loss(net, batch, 6, sched, cfg)
+    assert set(logs) == {"loss_mask", "loss_image", "loss_consistency", "loss_aug", "w_i"}
+    assert logs["w_i"] == pytest.approx(6 / 9)
+    assert logs["loss_aug"] > 0 and logs["loss_image"] > 0 and logs["loss_consistency"] >= 0
+    expected = (logs["loss_mask"] + logs["loss_image"] + cfg["w_c"] * logs["loss_consistency"]
+                + cfg["w_a"] * logs["loss_aug"])
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    _, logs0 = siamese.training_loss(net, batch, 2, sched, cfg)   # before K_tau = 9 // 3
+    assert logs0["loss_aug"] == 0.0
+
+
+def test_config_errors_and_ablations():
+    with pytest.raises(ValueError, match="online_aug=True needs image_branch=True"):
+        siamese.config("smoke", "scratch", image_branch=False)
+    with pytest.raises(ValueError, match="backend='nope'"):
+        siamese.config("smoke", "nope")
+    with pytest.raises(ValueError, match="sd15 needs the Stable Diffusion weights"):
+        siamese.config("cpu-demo", "sd15")
+    with pytest.raises(ValueError, match=r"unknown Siamese-Diffusion setting\(s\) \['w_z'\]"):
+        siamese.config("smoke", "scratch", w_z=1)
+    for name, over in siamese.ABLATIONS.items():
+        cfg = siamese.config("smoke", "scratch", **over)
+        assert cfg["dhi"] == over["dhi"], name
+    assert siamese.k_tau(siamese.config("cpu-demo", "scratch")) == 900 // 3
+
+
+def test_sampling_shapes_and_guidance_is_deterministic():
+    cfg, net, sched, batch = _tiny()
+    ddim = siamese.build_scheduler(cfg, "ddim")
+    a = siamese.sample(net, ddim, batch["mask"], cfg, steps=3, seed=5, progress=False)
+    b = siamese.sample(net, ddim, batch["mask"], cfg, steps=3, seed=5, progress=False)
+    c = siamese.sample(net, ddim, batch["mask"], cfg, steps=3, seed=5, guidance_scale=1.0, progress=False)
+    assert a.shape == batch["image"].shape and torch.isfinite(a).all()
+    torch.testing.assert_close(a, b)
+    assert ddim.timesteps[0] == 999  # trailing spacing starts at T - 1
+    assert not torch.allclose(a, c)  # guidance (hint vs no hint) changes the samples
+
+
+def test_mask_following_dice():
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[:, :, 4:12, 4:12] = 1
+    images = torch.full((2, 1, 16, 16), -1.0)
+    images[0, 0, 4:12, 4:12] = 0.8          # follows the mask
+    images[0, 0, 0:4, 0:4] = -0.2           # darker tissue elsewhere
+    images[1, 0, 0:8, 8:16] = 0.8           # bright in the wrong place
+    d = siamese.mask_following_dice(images, masks)
+    assert d["dice"][0] == pytest.approx(1.0)
+    assert d["dice"][1] < 0.4
