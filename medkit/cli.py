@@ -2,6 +2,7 @@
 
     python -m medkit run sbldm --profile cpu-demo --out runs/demo
     python -m medkit run sbldm --profile smoke --out runs/smoke -p vae_steps 20
+    python -m medkit run siamese --backend scratch --profile cpu-demo --out runs/siamese-demo
     python -m medkit grid run E2.1 --profile cpu-demo --out runs/grids/E2.1
     python -m medkit grid show E2.1 --profile t4
     python -m medkit kaggle push sbldm/01_vae --gpu -p profile t4 --dry-run
@@ -34,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="cpu-demo", choices=["smoke", "cpu-demo", "t4"],
                    help="smoke: seconds (CI); cpu-demo: minutes on a CPU; t4: the seed's settings on a 16 GB T4")
     r.add_argument("--out", required=True, help="run directory (created; re-running resumes)")
+    r.add_argument("--backend", choices=["scratch", "sd15"],
+                   help="siamese only: scratch (MONAI, from zero; CPU) or sd15 (Stable Diffusion 1.5 + ControlNet)")
     r.add_argument("--stages", nargs="+", help="only these notebooks, e.g. 03_sampling 04_evaluation")
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a notebook parameter, e.g. -p vae_steps 500 (passed to every notebook that has it)")
@@ -128,8 +131,14 @@ def main(argv=None) -> int:
     if args.command == "run":
         from .notebooks import NotebookFailed, run_pipeline
 
+        params = {k: _value(v) for k, v in args.param}
+        if args.backend:
+            if args.method != "siamese":
+                print(f"error: --backend is for siamese (scratch | sd15), not {args.method}", file=sys.stderr)
+                return 2
+            params["backend"] = args.backend
         try:
-            run_pipeline(args.method, args.profile, args.out, {k: _value(v) for k, v in args.param}, args.stages)
+            run_pipeline(args.method, args.profile, args.out, params, args.stages)
         except NotebookFailed as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

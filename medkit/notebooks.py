@@ -14,6 +14,7 @@ NOTEBOOK_DIR = env.REPO_ROOT / "notebooks"
 PIPELINES = {
     "sbldm": ["01_vae", "02_latent_diffusion", "03_sampling", "04_evaluation"],
     "slimdiff": ["01_cache", "02_train", "03_generate", "04_evaluate"],
+    "siamese": ["01_train", "02_sample", "03_evaluate"],
 }
 
 

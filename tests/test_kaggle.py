@@ -423,6 +423,7 @@ def test_cli_run_and_templates(offline, tmp_path, monkeypatch, capsys):
     assert cli(["kaggle", "templates"]) == 0
     assert sorted(p.parent.name for p in (tmp_path / "kaggle").glob("*/kernel-metadata.json")) == [
         "sbldm-01-vae", "sbldm-01_vae", "sbldm-02-latent-diffusion", "sbldm-03-sampling", "sbldm-04-evaluation",
+        "siamese-01-train", "siamese-02-sample", "siamese-03-evaluate",
         "slimdiff-01-cache", "slimdiff-02-train", "slimdiff-03-generate", "slimdiff-04-evaluate"]
     assert "stale: " in capsys.readouterr().out
 

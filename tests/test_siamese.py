@@ -7,7 +7,7 @@ from medkit.methods.siamese_bench import literal_loss
 
 
 def _tiny(**over):
-    cfg = siamese.config("smoke", "scratch", **{"train_steps": 9, "p_uncond": 0.25, **over})
+    cfg = siamese.config("smoke", "scratch", **{"train_steps": 9, "p_uncond": 0.25, "image_size": 16, **over})
     net = siamese.build_scratch(cfg)
     with torch.no_grad():  # leave the zero-initialised output / zero convolutions: gradients must flow everywhere
         for p in net.parameters():
@@ -98,7 +98,7 @@ def test_config_errors_and_ablations():
     for name, over in siamese.ABLATIONS.items():
         cfg = siamese.config("smoke", "scratch", **over)
         assert cfg["dhi"] == over["dhi"], name
-    assert siamese.k_tau(siamese.config("cpu-demo", "scratch")) == 900 // 3
+    assert siamese.k_tau(siamese.config("cpu-demo", "scratch")) == 500 // 3
 
 
 def test_sampling_shapes_and_guidance_is_deterministic():
@@ -123,3 +123,70 @@ def test_mask_following_dice():
     d = siamese.mask_following_dice(images, masks)
     assert d["dice"][0] == pytest.approx(1.0)
     assert d["dice"][1] < 0.4
+
+
+# ------------------------------------------------------------------------------------------ pipelines
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from medkit.augment import random_masks  # noqa: E402
+from medkit.data import pairs  # noqa: E402
+
+
+@pytest.fixture(scope="module", params=["scratch", "sd15"])
+def smoke_run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / f"siamese-{request.param}"
+    cmd = [sys.executable, "-m", "medkit", "run", "siamese", "--backend", request.param, "--profile", "smoke",
+           "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return request.param, out
+
+
+def test_smoke_pipeline_both_backends(smoke_run):
+    backend, out = smoke_run
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == "siamese" and m["profile"] == "smoke"
+    cfg = json.loads((out / "config" / "train.json").read_text())
+    assert cfg["backend"] == backend and cfg["dhi"] is True
+    # the per-step loss-term log
+    rows = [json.loads(line) for line in (out / "logs" / "siamese.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss_mask" in r]
+    assert steps and all({"loss_mask", "loss_image", "loss_consistency", "loss_aug", "w_i"} <= set(r) for r in steps)
+    assert m["train"]["steps"] == cfg["train_steps"]
+    # samples from real and random masks, written as pairs folders the loaders read back
+    for name in ("real_masks", "random_masks"):
+        found = pairs.find_pairs(out / "samples" / name, log=lambda *a: None)
+        assert found.layout == "prompt-json" and len(found) == cfg["n_generate"]
+        d = m["sampling"]["mask_following_dice"][name]
+        assert 0.0 <= d["mean"] <= 1.0
+    if backend == "scratch":
+        from medkit.eval.downstream import load_pairs
+        assert len(load_pairs(out / "samples" / "real_masks").images) == cfg["n_generate"]
+    # evaluation: FID/KID skipped with the reason (no weights offline), downstream arms for both mask sources
+    assert "skipped" in m["eval"]["fid_real_masks"]
+    keys = set(m["downstream"])
+    assert {"real.mdice", "real+1x (real masks).mdice_minus_real", "real+1x (random masks).mdice_minus_real"} <= keys
+    for f in ("loss_terms.png", "samples.png", "gallery.png", "data.png"):
+        assert (out / "figures" / f).is_file(), f
+
+
+def test_cli_backend_only_for_siamese(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "medkit", "run", "sbldm", "--backend", "sd15", "--profile", "smoke",
+                        "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--backend is for siamese" in r.stderr
+
+
+def test_random_masks_binary_deterministic_and_different():
+    m = torch.zeros(4, 1, 32, 32)
+    m[:, :, 8:24, 10:22] = 1
+    a, b = random_masks(m, seed=3), random_masks(m, seed=3)
+    assert type(a) is torch.Tensor and set(a.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(a, b)
+    assert not torch.equal(a, m) and not torch.equal(a, random_masks(m, seed=4))
+    area = a.flatten(1).sum(1) / m.flatten(1).sum(1)
+    assert ((area > 0.5) & (area < 1.6)).all()   # scaled by 1 +- 0.15 and deformed, not destroyed
+    with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
+        random_masks(m[:, 0])

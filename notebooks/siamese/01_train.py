@@ -73,7 +73,7 @@ ablation = ""          # "" (the full method) or a Table 5 setting: "1-controlne
 w_c = None             # Noise Consistency Loss weight (Table 6: 0, 0.5, 1, 1.5, 2); None: 1.0
 dhi = None             # Dense Hint Input on/off; None: on
 online_aug = None      # Online-Augmentation on/off; None: on
-train_steps = None     # optimiser steps N (w_i = k / N); None: the profile's
+train_steps = None     # optimiser steps N (w_i grows as k / N); None: the profile's
 batch = None           # images per step; None: the profile's
 lr = None              # learning rate; None: the profile's
 model = None           # sd15 only: a diffusers folder or Hugging Face id; None: the profile's ("tiny" in smoke)

@@ -56,7 +56,7 @@ profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
 backend = "scratch"    # "scratch" | "sd15"
 run_dir = ""           # the run directory of notebook 1; empty: <run root>/siamese-<backend>-<profile>
 n_generate = None      # samples per mask source; None: the profile's (masks are reused in turn if there are fewer)
-guidance_scale = None  # classifier-free guidance; None: sd15 9.0, scratch 2.0; 1.0 = off
+guidance_scale = None  # classifier-free guidance; None: sd15 9.0, scratch 2.0; 1.0 turns it off
 steps = None           # DDIM steps; None: 50
 seed = 0               # noise and random-mask seed
 device = "auto"        # "auto" | "cpu" | "cuda"
@@ -104,7 +104,7 @@ ddim = siamese.build_scheduler(cfg, "ddim")
 train = pairs.PairDataset(cfg["cache"], "train")
 real_masks = torch.stack([train[i]["mask"] for i in range(len(train))])
 real_images = torch.stack([train[i]["image"] for i in range(len(train))])
-idx = torch.arange(n_generate) % len(real_masks)
+idx = (torch.arange(n_generate) * len(real_masks)) // n_generate  # evenly spread over the training masks
 sources = {"real_masks": real_masks[idx], "random_masks": augment.random_masks(real_masks[idx], seed=seed)}
 print({k: tuple(v.shape) for k, v in sources.items()})
 

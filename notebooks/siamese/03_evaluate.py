@@ -160,7 +160,8 @@ if downstream:
     real_pairs = ds.Pairs(real_img.mean(1, keepdim=True), real_mask, [str(i) for i in range(len(real_img))])
     held = ds.Pairs(held_img.mean(1, keepdim=True), held_mask, [str(i) for i in range(len(held_img))])
     n_real = min(len(real_img), *(len(g["images"]) for g in generated.values()))
-    real_sub = ds.Pairs(real_pairs.images[:n_real], real_pairs.masks[:n_real], real_pairs.names[:n_real])
+    pick = (torch.arange(n_real) * len(real_img)) // n_real  # evenly spread, like the masks of notebook 2
+    real_sub = ds.Pairs(real_pairs.images[pick], real_pairs.masks[pick], [real_pairs.names[i] for i in pick])
     seg = dict(ds.PROFILES["smoke" if profile == "smoke" else "cpu-demo"])
     seg["steps"] = downstream_steps or seg["steps"]
     seg_cfg = {k: seg[k] for k in ("steps", "batch_size", "lr", "channels", "strides", "num_res_units")}
