@@ -1,7 +1,14 @@
 """Siamese-Diffusion: the training step against a literal deep-copy port, loss terms, config, sampling."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
+from medkit.augment import random_masks
+from medkit.data import pairs
 from medkit.methods import siamese
 from medkit.methods.siamese_bench import literal_loss
 
@@ -126,12 +133,6 @@ def test_mask_following_dice():
 
 
 # ------------------------------------------------------------------------------------------ pipelines
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-
-from medkit.augment import random_masks  # noqa: E402
-from medkit.data import pairs  # noqa: E402
 
 
 @pytest.fixture(scope="module", params=["scratch", "sd15"])
@@ -140,7 +141,7 @@ def smoke_run(request, tmp_path_factory):
     cmd = [sys.executable, "-m", "medkit", "run", "siamese", "--backend", request.param, "--profile", "smoke",
            "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                       env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     return request.param, out
 

@@ -128,10 +128,10 @@ for name, masks in sources.items():
 # %% [markdown]
 # ## Do the samples follow their masks?
 # Dice between each mask and a simple threshold segmentation of its sample (Otsu on the foreground); the same
-# measure on the real training images is the ceiling this crude segmenter reaches.
+# measure on the real training images of the same masks is the ceiling this crude segmenter reaches.
 
 # %%
-follow = {"real_images": siamese.mask_following_dice(real_images, real_masks)}
+follow = {"real_images": siamese.mask_following_dice(real_images[idx], real_masks[idx])}  # the same masks
 for name in sources:
     d = torch.load(run.samples / f"{name}.pt")
     follow[name] = siamese.mask_following_dice(d["images"], d["masks"])
