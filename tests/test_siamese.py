@@ -191,3 +191,26 @@ def test_random_masks_binary_deterministic_and_different():
     assert ((area > 0.5) & (area < 1.6)).all()   # scaled by 1 +- 0.15 and deformed, not destroyed
     with pytest.raises(ValueError, match=r"\(N, 1, H, W\)"):
         random_masks(m[:, 0])
+
+
+def test_scratch_in_the_sbldm_vae_latent_space(tmp_path):
+    """A trained SBLDM VAE (smoke) as the latent space of the scratch backend, through the notebooks."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    vae_run = tmp_path / "sbldm"
+    r = subprocess.run([sys.executable, "-m", "medkit", "run", "sbldm", "--profile", "smoke", "--stages", "01_vae",
+                        "--out", str(vae_run)], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "siamese-latent"
+    r = subprocess.run([sys.executable, "-m", "medkit", "run", "siamese", "--backend", "scratch", "--profile", "smoke",
+                        "--stages", "01_train", "02_sample", "-p", "space", "latent", "-p", "vae_run", str(vae_run),
+                        "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((out / "config" / "train.json").read_text())
+    assert cfg["space"] == "latent" and cfg["vae_factor"] == 4 and cfg["latent_channels"] == 4
+    assert cfg["latent_scale"] > 0 and cfg["latent_clip"] > 0
+    d = torch.load(out / "samples" / "real_masks.pt")
+    assert d["images"].shape == (cfg["n_generate"], 1, 32, 32) and d["images"].abs().max() <= 1
+    with pytest.raises(ValueError, match="space='latent' needs vae_run"):
+        siamese.config("smoke", "scratch", space="latent")
+    with pytest.raises(FileNotFoundError, match="config/vae.json is missing"):
+        siamese.load_sbldm_vae(siamese.config("smoke", "scratch", space="latent", vae_run=str(tmp_path)))

@@ -31,7 +31,8 @@ weights detached (``SiameseNet.fixed_unet``: shared storage, nothing copied) - t
 (``tests/test_siamese.py`` checks them against a literal deep-copy step, with and without gradient
 checkpointing) without copying 860M parameters per step. Backends:
 
-* ``scratch``: MONAI DiffusionModelUNet + ControlNet trained from zero in pixel space (everything
+* ``scratch``: MONAI DiffusionModelUNet + ControlNet trained from zero in pixel space or in the latent space
+  of a trained SBLDM VAE (``space="latent"``, ``vae_run``) (everything
   trainable: there is no pretrained UNet), for CPUs and T4s at 256-384 px.
 * ``sd15``: diffusers Stable Diffusion 1.5 + ``ControlNetModel.from_unet``; the ControlNet (+ DHI) is
   trained, the UNet decoder optionally (the paper trains it; on a 16 GB T4 it does not fit with AdamW).
@@ -62,6 +63,8 @@ COMMON: dict[str, Any] = dict(
     k_tau=None,         # step after which Online-Augmentation starts; None = train_steps // 3
     t_tau=200,          # Online-Augmentation only for samples with t <= t_tau
     dhi=True,           # Dense Hint Input instead of ControlNet's conditioning embedding
+    space="pixel",      # scratch: "pixel" or "latent" (the latent space of a trained SBLDM VAE, ``vae_run``)
+    vae_run="",         # scratch, space="latent": the run directory of an SBLDM run whose VAE stage finished
     num_train_timesteps=1000,
     sampling_steps=50,  # DDIM steps
     sampling_eta=0.0,
@@ -126,6 +129,13 @@ def config(profile: str = "cpu-demo", backend: str = "scratch", **overrides) -> 
         raise ValueError(f"t_tau={cfg['t_tau']!r}: a timestep in [0, {cfg['num_train_timesteps']})")
     if not 0.0 <= float(cfg["p_uncond"]) < 1.0:
         raise ValueError(f"p_uncond={cfg['p_uncond']!r}: a probability in [0, 1)")
+    if cfg["space"] not in ("pixel", "latent"):
+        raise ValueError(f"space={cfg['space']!r}: 'pixel' or 'latent' (the SBLDM VAE's latent space)")
+    if cfg["space"] == "latent" and backend != "scratch":
+        raise ValueError("space='latent' is for the scratch backend (sd15 always works in SD's latent space)")
+    if cfg["space"] == "latent" and not cfg["vae_run"]:
+        raise ValueError("space='latent' needs vae_run: the run directory of an SBLDM run whose VAE stage has "
+                         "finished (python -m medkit run sbldm --stages 01_vae --out DIR)")
     if cfg["image_size"] % 8:
         raise ValueError(f"image_size={cfg['image_size']}: use a multiple of 8")
     if backend == "scratch" and cfg["image_size"] % 2 ** (len(cfg["unet_channels"]) - 1):
@@ -209,21 +219,64 @@ class SiameseNet(nn.Module):
 
 def build_scratch(cfg: dict, image_channels: int = 1) -> SiameseNet:
     """MONAI DiffusionModelUNet + ControlNet (encoder weights copied from the UNet), DHI or the standard hint
-    block, pixel space; initialised from ``cfg['seed']`` without touching the caller's RNG."""
+    block; initialised from ``cfg['seed']`` without touching the caller's RNG. Pixel space, or the SBLDM VAE's
+    latent space (``space="latent"``: the UNet sees ``cfg["latent_channels"]`` channels at 1 / ``vae_factor``
+    of the image size and the hint block downsamples the image-size hints by that factor)."""
     from .. import nets
 
-    kw = dict(spatial_dims=2, in_channels=image_channels, channels=tuple(cfg["unet_channels"]),
+    latent = cfg.get("space") == "latent"
+    channels = int(cfg["latent_channels"]) if latent else image_channels
+    down = int(math.log2(int(cfg["vae_factor"]))) if latent else 0
+    kw = dict(spatial_dims=2, in_channels=channels, channels=tuple(cfg["unet_channels"]),
               attention_levels=tuple(cfg["attention_levels"]), num_res_blocks=cfg["num_res_blocks"],
               num_head_channels=cfg["num_head_channels"], norm_num_groups=cfg["norm_num_groups"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(cfg["seed"]))
-        unet = nets.make_unet(out_channels=image_channels, **kw)
+        unet = nets.make_unet(out_channels=channels, **kw)
         controlnet = nets.make_controlnet(**kw, unet=unet, hint_channels=image_channels,
-                                          hint="dhi" if cfg["dhi"] else "standard", downsample=0)
+                                          hint="dhi" if cfg["dhi"] else "standard", downsample=down)
     if cfg.get("gradient_checkpointing"):
         nets.checkpoint_blocks(unet)
         nets.checkpoint_blocks(controlnet)
-    return SiameseNet(unet, controlnet, "monai", image_channels, image_channels)
+    return SiameseNet(unet, controlnet, "monai", image_channels, channels)
+
+
+def load_sbldm_vae(cfg: dict, device="cpu"):
+    """The trained SBLDM VAE of ``cfg["vae_run"]`` (EMA weights, frozen) and its config; checks the image size."""
+    from pathlib import Path
+
+    from ..run import RunDir
+    from ..train import load_weights
+    from . import sbldm
+
+    run_dir = Path(cfg["vae_run"]).expanduser()
+    if not (run_dir / "config" / "vae.json").is_file():
+        raise FileNotFoundError(f"vae_run={str(run_dir)!r}: {run_dir / 'config' / 'vae.json'} is missing; give the "
+                                "run directory of an SBLDM run whose VAE stage has finished "
+                                "(python -m medkit run sbldm --stages 01_vae --out DIR)")
+    vcfg = RunDir(run_dir).load_config("vae", needed_by="Siamese-Diffusion in the SBLDM latent space")
+    if int(vcfg["image_size"]) != int(cfg["image_size"]):
+        raise ValueError(f"the SBLDM VAE in {run_dir} was trained at {vcfg['image_size']} px, this run uses "
+                         f"image_size={cfg['image_size']}: train the VAE at the same size or change image_size")
+    vae = sbldm.build_vae(vcfg)
+    load_weights(run_dir, "vae", vae, ema=True, log=lambda *a: None)
+    return vae.to(device).eval().requires_grad_(False), vcfg
+
+
+@torch.no_grad()
+def sbldm_latents(vae, dataset, device="cpu", seed: int = 0) -> tuple[list[dict], float, float]:
+    """z0 = s * mu(x) of every training image with SBLDM's scale s = 1 / std(z) (LDM sec. 4.3.2), the samples
+    as dicts ("x0", "image", "mask"), s, and the clipping range of the scaled latents (max |z0|, rounded up)."""
+    from . import sbldm
+
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    if images.shape[1] != 1:
+        raise ValueError(f"the SBLDM VAE takes grey images; these have {images.shape[1]} channels")
+    mu, sigma = sbldm.encode(vae, images, device=device)
+    scale = sbldm.latent_scale(mu, sigma, seed=seed)
+    z0 = scale * mu
+    out = [{"x0": z0[i], "image": images[i], "mask": dataset[i]["mask"]} for i in range(len(images))]
+    return out, float(scale), float(math.ceil(float(z0.abs().max()) * 10) / 10)
 
 
 # ------------------------------------------------------------------------------------------ sd15 parts
@@ -292,7 +345,12 @@ def precompute_latents(sd, dataset, device, batch_size: int = 8) -> list[dict]:
 
 @torch.no_grad()
 def decode(sd, latents: torch.Tensor, cfg: dict, device, batch_size: int = 8) -> torch.Tensor:
-    """Latents -> images in [-1, 1]; grey when the training images were grey (channel mean)."""
+    """Latents -> images in [-1, 1]; grey when the training images were grey (channel mean). ``sd`` is the SD
+    components (sd15) or the SBLDM VAE (scratch in latent space)."""
+    if cfg["backend"] == "scratch":
+        vae = sd.to(device)
+        return torch.cat([vae.decode(latents[i:i + batch_size].to(device) / float(cfg["latent_scale"])).float()
+                          .clamp(-1, 1).cpu() for i in range(0, len(latents), batch_size)])
     vae = sd.vae.to(device)
     dtype = next(vae.parameters()).dtype
     outs = []
@@ -306,7 +364,10 @@ def decode(sd, latents: torch.Tensor, cfg: dict, device, batch_size: int = 8) ->
 def latent_shape(cfg: dict, net: SiameseNet, sd=None):
     """(C, h, w) of what the sampler draws: SD latents for sd15, None (the mask's size) for scratch."""
     if net.kind == "monai":
-        return None
+        if cfg.get("space") != "latent":
+            return None
+        f = int(cfg["vae_factor"])
+        return (int(cfg["latent_channels"]), cfg["image_size"] // f, cfg["image_size"] // f)
     f = sd.vae_scale_factor if sd is not None else (2 if cfg["model"] == "tiny" else 8)
     return (int(net.unet.config.in_channels), cfg["image_size"] // f, cfg["image_size"] // f)
 
@@ -424,7 +485,8 @@ def training_loss(net: SiameseNet, batch: dict, step: int, scheduler, cfg: dict,
 
 # --------------------------------------------------------------------------------------------- sampling
 def build_scheduler(cfg: dict, kind: str = "ddim", sd_config: dict | None = None):
-    """scratch: cosine schedule, eps-prediction, x0 estimates clipped to [-1, 1]; sd15: SD 1.5's scaled-linear
+    """scratch: cosine schedule, eps-prediction, x0 estimates clipped to [-1, 1] (latent: to the range of the
+    scaled training latents); sd15: SD 1.5's scaled-linear
     betas (0.00085-0.012), no clipping (latents). Trailing spacing: DDIM-50 starts at t = T - 1."""
     if cfg["backend"] == "sd15":
         sd = sd_config or {}
@@ -434,7 +496,8 @@ def build_scheduler(cfg: dict, kind: str = "ddim", sd_config: dict | None = None
                                         timestep_spacing="trailing")
     return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"], beta_schedule="cosine",
                                     prediction_type="epsilon", timestep_spacing="trailing", clip_sample=True,
-                                    clip_sample_range=1.0)
+                                    clip_sample_range=float(cfg.get("latent_clip", 1.0)) if cfg.get("space") == "latent"
+                                    else 1.0)
 
 
 @torch.no_grad()

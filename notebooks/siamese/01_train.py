@@ -73,6 +73,8 @@ ablation = ""          # "" (the full method) or a Table 5 setting: "1-controlne
 w_c = None             # Noise Consistency Loss weight (Table 6: 0, 0.5, 1, 1.5, 2); None: 1.0
 dhi = None             # Dense Hint Input on/off; None: on
 online_aug = None      # Online-Augmentation on/off; None: on
+space = None           # scratch: "pixel" | "latent" (the latent space of a trained SBLDM VAE, given by vae_run); None: pixel
+vae_run = ""           # scratch in latent space: the run directory of an SBLDM run whose VAE stage has finished
 train_steps = None     # optimiser steps N (w_i grows as k / N); None: the profile's
 batch = None           # images per step; None: the profile's
 lr = None              # learning rate; None: the profile's
@@ -98,7 +100,8 @@ print(env.describe())
 run = RunDir(run_dir, default_name=f"siamese-{backend}-{profile}")
 overrides = dict(siamese.ABLATIONS[ablation]) if ablation else {}
 overrides.update({k: v for k, v in dict(w_c=w_c, dhi=dhi, online_aug=online_aug, train_steps=train_steps, batch=batch,
-                                        lr=lr, data=data, model=model, train_decoder=train_decoder).items()
+                                        lr=lr, data=data, model=model, train_decoder=train_decoder, space=space,
+                                        vae_run=vae_run or None).items()
                   if v is not None})
 cfg = siamese.config(profile, backend, **overrides)
 if ablation:
@@ -139,15 +142,23 @@ fig.tight_layout(); fig.savefig(run.figures / "data.png", dpi=100)
 
 # %% [markdown]
 # ## Model and schedule
-# scratch: the UNet and a ControlNet whose encoder starts as a copy of the UNet's, everything trained.
+# scratch: the UNet and a ControlNet whose encoder starts as a copy of the UNet's, everything trained; in
+# pixel space, or in the latent space of a trained SBLDM VAE (`space = "latent"`, `vae_run`).
 # sd15: SD 1.5's UNet, VAE and CLIP text encoder frozen; `ControlNetModel.from_unet` + DHI trained (and the
 # decoder when `train_decoder`). The latents and the prompt's embedding are computed once here.
 
 # %%
 ctx = ctx_uncond = sd = None
 if backend == "scratch":
-    net = siamese.build_scratch(cfg, image_channels)
     dataset = train
+    if cfg["space"] == "latent":  # the diffusion runs on z0 = s * mu(x) of the frozen SBLDM VAE
+        vae, vae_cfg = siamese.load_sbldm_vae(cfg, dev)
+        dataset, cfg["latent_scale"], cfg["latent_clip"] = siamese.sbldm_latents(vae, train, dev, seed=cfg["seed"])
+        cfg["latent_channels"] = int(vae_cfg["latent_channels"])
+        cfg["vae_factor"] = 2 ** (len(vae_cfg["vae_channels"]) - 1)
+        print(f"SBLDM VAE latents: {cfg['latent_channels']} x {cfg['image_size'] // cfg['vae_factor']}^2, "
+              f"scale {cfg['latent_scale']:.3f}, clip +-{cfg['latent_clip']}")
+    net = siamese.build_scratch(cfg, image_channels)
 else:
     sd = siamese.load_sd15_components(cfg)
     net = siamese.build_sd15(cfg, sd)

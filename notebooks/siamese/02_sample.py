@@ -89,6 +89,8 @@ guidance = float(cfg["guidance_scale"] if guidance_scale is None else guidance_s
 ctx = ctx_uncond = sd = None
 if cfg["backend"] == "scratch":
     net = siamese.build_scratch(cfg, cfg["image_channels"])
+    if cfg.get("space") == "latent":
+        sd, _ = siamese.load_sbldm_vae(cfg, dev)  # its decoder turns the sampled latents into images
 else:
     sd = siamese.load_sd15_components(cfg)
     net = siamese.build_sd15(cfg, sd)
@@ -119,7 +121,7 @@ for name, masks in sources.items():
     x = siamese.sample(net, ddim, masks, cfg, latent_shape=siamese.latent_shape(cfg, net, sd), ctx=ctx,
                        ctx_uncond=ctx_uncond, guidance_scale=guidance, steps=steps, seed=seed, device=dev,
                        batch_size=16)
-    images = siamese.decode(sd, x, cfg, dev) if cfg["backend"] == "sd15" else x.clamp(-1, 1)
+    images = siamese.decode(sd, x, cfg, dev) if sd is not None else x.clamp(-1, 1)
     timing[name] = (time.perf_counter() - t0) / len(masks)
     pairs.save_generated_pairs(run.samples / name, images, masks, prompt=cfg.get("prompt"), overwrite=True)
     torch.save({"images": images, "masks": masks}, run.samples / f"{name}.pt")
