@@ -187,7 +187,7 @@ lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / w
 trainer = Trainer(params, opt, run_dir=run.path, stage="siamese", config=cfg, max_steps=cfg["train_steps"],
                   lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
                   grad_accum=cfg.get("grad_accum", 1), clip_grad=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"],
-                  budget_s=budget_s, seed=cfg["seed"], device=dev)
+                  log_every=1, budget_s=budget_s, seed=cfg["seed"], device=dev)  # every step's terms in the log
 result = trainer.fit(dataset, cfg["batch"],
                      lambda m, b, step: siamese.training_loss(net, b, step, scheduler, cfg, ctx, ctx_uncond))
 print(result)
