@@ -156,6 +156,7 @@ def test_smoke_pipeline_both_backends(smoke_run):
     rows = [json.loads(line) for line in (out / "logs" / "siamese.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "loss_mask" in r]
     assert steps and all({"loss_mask", "loss_image", "loss_consistency", "loss_aug", "w_i"} <= set(r) for r in steps)
+    assert sorted({r["step"] for r in steps}) == list(range(1, cfg["train_steps"] + 1))  # every step logged
     assert m["train"]["steps"] == cfg["train_steps"]
     # samples from real and random masks, written as pairs folders the loaders read back
     for name in ("real_masks", "random_masks"):
