@@ -28,7 +28,7 @@
 # Each set is written as an image/mask pairs folder with a `prompt.json` (the official layout), which the
 # kit's loaders and the evaluation notebook read back.
 #
-# **How long:** `smoke` seconds; `cpu-demo` about 1-2 minutes; `t4` minutes per thousand samples.
+# **How long:** `smoke` seconds; `cpu-demo` about 3 minutes (2 x 40 images, guidance doubles the cost); `t4` minutes per thousand samples.
 
 # %% [markdown]
 # ## Setup
