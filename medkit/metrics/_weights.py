@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -60,10 +61,11 @@ def hub_checkpoints_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def search_tree(root: Path, file_name: str, max_depth: int = SEARCH_MAX_DEPTH,
-                max_entries: int = SEARCH_MAX_ENTRIES) -> Path | None:
-    """First file called ``file_name`` under ``root`` (breadth first, sorted, at most ``max_depth`` folders
-    down and ``max_entries`` entries looked at), or None."""
+def iter_tree(root: Path, max_depth: int = SEARCH_MAX_DEPTH, max_entries: int = SEARCH_MAX_ENTRIES,
+              prune: Callable[[Path], bool] | None = None) -> Iterator[os.DirEntry]:
+    """The entries under ``root``, breadth first and sorted by name, at most ``max_depth`` folders down and
+    ``max_entries`` entries in all; folders for which ``prune(path)`` is true are yielded but not entered.
+    Unreadable folders and entries are passed over."""
     level, seen = [Path(root)], 0
     for _ in range(max_depth + 1):
         deeper = []
@@ -75,17 +77,28 @@ def search_tree(root: Path, file_name: str, max_depth: int = SEARCH_MAX_DEPTH,
             for entry in entries:
                 seen += 1
                 if seen > max_entries:
-                    return None
+                    return
+                yield entry
                 try:
-                    if entry.name == file_name and entry.is_file():
-                        return Path(entry.path)
-                    if entry.is_dir():
+                    if entry.is_dir() and not (prune and prune(Path(entry.path))):
                         deeper.append(Path(entry.path))
                 except OSError:
                     continue
         level = deeper
         if not level:
             break
+
+
+def search_tree(root: Path, file_name: str, max_depth: int = SEARCH_MAX_DEPTH,
+                max_entries: int = SEARCH_MAX_ENTRIES) -> Path | None:
+    """First file called ``file_name`` under ``root`` (breadth first, sorted, at most ``max_depth`` folders
+    down and ``max_entries`` entries looked at), or None."""
+    for entry in iter_tree(root, max_depth, max_entries):
+        try:
+            if entry.name == file_name and entry.is_file():
+                return Path(entry.path)
+        except OSError:
+            continue
     return None
 
 

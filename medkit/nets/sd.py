@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ..metrics._weights import WeightsUnavailable
+from ..metrics._weights import WeightsUnavailable, iter_tree
 from .dhi import install_dhi
 
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -140,29 +140,19 @@ def load_sd_folder(folder: str | os.PathLike, dtype: torch.dtype = torch.float32
 def find_diffusers_folders(root: Path, max_depth: int = SEARCH_MAX_DEPTH,
                            max_entries: int = SEARCH_MAX_ENTRIES) -> list[Path]:
     """Folders under ``root`` holding ``model_index.json`` and ``unet/`` (breadth first, sorted, bounded)."""
-    hits, level, seen = [], [Path(root)], 0
-    for _ in range(max_depth + 1):
-        deeper = []
-        for folder in level:
-            if (folder / "model_index.json").is_file() and (folder / "unet").is_dir():
-                hits.append(folder)
-                continue
-            try:
-                entries = sorted(os.scandir(folder), key=lambda e: e.name)
-            except OSError:
-                continue
-            for entry in entries:
-                seen += 1
-                if seen > max_entries:
-                    return hits
-                try:
-                    if entry.is_dir():
-                        deeper.append(Path(entry.path))
-                except OSError:
-                    continue
-        level = deeper
-        if not level:
-            break
+    def is_pipeline(folder: Path) -> bool:
+        return (folder / "model_index.json").is_file() and (folder / "unet").is_dir()
+
+    root = Path(root)
+    if is_pipeline(root):
+        return [root]
+    hits = []
+    for entry in iter_tree(root, max_depth - 1, max_entries, prune=is_pipeline):
+        try:
+            if entry.is_dir() and is_pipeline(Path(entry.path)):
+                hits.append(Path(entry.path))
+        except OSError:
+            continue
     return hits
 
 
