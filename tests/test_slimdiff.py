@@ -175,11 +175,14 @@ def test_table1_layout(tmp_path):
             rows.append({"cell": f"{pred}-{p}", "status": "done", "prediction": pred, "lp": p,
                          "eval.mmd_mf": base + p, "eval.mmd_mf.std": 0.5, "eval.kid": None})
     rows[-1]["eval.mmd_mf"] = 20.0  # x0 at p = 2 worst: the ordering is then not reproduced there
+    rows.append({"cell": "x0-2.5", "status": "done", "prediction": "x0", "lp": 2.5, "eval.mmd_mf": 1.0,
+                 "eval.mmd_mf.std": 0.5, "eval.kid": None})   # a column with one cell so far
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
     md = sd.table1(tmp_path)
     assert "| x0 | n/a / n/a / 2.50 +- 0.50 | n/a / n/a / 20.00 +- 0.50 |" in md
     assert "- p = 1.5: x0 (2.50) < v (4.50) < eps (10.50) - reproduced" in md
     assert "- p = 2: v (5.00) < eps (11.00) < x0 (20.00) - not reproduced" in md
+    assert "- p = 2.5: x0 (1.00) - incomplete (1 of 3 prediction types have an MMD-MF)" in md
     assert (tmp_path / "table1.md").read_text() == md
     with pytest.raises(FileNotFoundError, match="grid run slimdiff-table1"):
         sd.table1(tmp_path / "nowhere")

@@ -362,7 +362,8 @@ def table1(grid_dir, out=None) -> str:
     lines += ["", "MMD-MF ordering here (best first) against the paper's x0 < v < eps:", ""]
     for p, items in sorted(order.items()):
         ranked = [pred for _, pred in sorted(items)]
-        verdict = "reproduced" if ranked == ["x0", "v", "eps"] else "not reproduced"
+        verdict = ("reproduced" if ranked == ["x0", "v", "eps"] else "not reproduced") if len(ranked) == 3 else \
+            f"incomplete ({len(ranked)} of 3 prediction types have an MMD-MF)"
         lines.append(f"- p = {p:g}: {' < '.join(f'{pred} ({v:.2f})' for v, pred in sorted(items))} - {verdict}")
     md = "\n".join(lines) + "\n"
     Path(out or grid_dir / "table1.md").write_text(md)
