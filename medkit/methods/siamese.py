@@ -560,6 +560,7 @@ def mask_following_dice(images: torch.Tensor, masks: torch.Tensor, threshold: fl
     for the embedded T1 slices with white-matter masks, white matter is the brightest tissue. Returns the
     per-sample Dice values, their mean and the fraction of empty segmentations.
     """
+    import numpy as np
     from skimage.filters import threshold_otsu
 
     x = images.float().mean(1).numpy()
@@ -567,7 +568,7 @@ def mask_following_dice(images: torch.Tensor, masks: torch.Tensor, threshold: fl
     dices, empty = [], 0
     for xi, mi in zip(x, m):
         if threshold is None:
-            fg = xi[xi > torch.tensor(xi).quantile(0.05).item()]
+            fg = xi[xi > np.quantile(xi, 0.05)]
             th = threshold_otsu(fg) if fg.size > 1 and fg.min() < fg.max() else float(xi.max())
         else:
             th = threshold
@@ -578,10 +579,6 @@ def mask_following_dice(images: torch.Tensor, masks: torch.Tensor, threshold: fl
     d = torch.tensor(dices)
     return {"dice": d.tolist(), "mean": float(d.mean()), "std": float(d.std()) if len(d) > 1 else 0.0,
             "empty_fraction": empty / max(1, len(dices))}
-
-
-def sd15_latent_scale(vae) -> float:
-    return float(getattr(getattr(vae, "config", None), "scaling_factor", 0.18215))
 
 
 def log_every_term(log_rows: list[dict]) -> dict:

@@ -164,7 +164,7 @@ else:
     net = siamese.build_sd15(cfg, sd)
     ctx, ctx_uncond = siamese.prompt_embeddings(sd, cfg["prompt"], dev)
     dataset = siamese.precompute_latents(sd, train, dev, batch_size=8)
-    cfg["latent_scale"] = siamese.sd15_latent_scale(sd.vae)
+    cfg["latent_scale"] = sd.latent_scaling
     cfg["model_source"] = sd.source
 net.to(dev)
 params = siamese.trainable(net, cfg)
