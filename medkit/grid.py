@@ -356,6 +356,12 @@ def _write_error(run_dir: Path, e: BaseException) -> None:
 
 
 # ------------------------------------------------------------------------------------ aggregate
+def _home_as_tilde(value):
+    """Text with the home folder written as ~, so a results table can be shared as it is."""
+    home = str(Path.home())
+    return value.replace(home, "~") if isinstance(value, str) and len(home) > 1 else value
+
+
 def aggregate(spec: dict | str, out: str | os.PathLike, profile: str = "cpu-demo", log=print):
     """Every cell's metrics.json -> ``results.csv`` (all scalars), ``results.md`` and one plot per metric."""
     import pandas as pd
@@ -376,7 +382,7 @@ def aggregate(spec: dict | str, out: str | os.PathLike, profile: str = "cpu-demo
             row.update({k: v for k, v in flatten(m).items() if k not in row})
         row["cell_seconds"] = entry.get("seconds")
         row["error"] = entry.get("error", "")
-        rows.append(row)
+        rows.append({k: _home_as_tilde(v) for k, v in row.items()})
     df = pd.DataFrame(rows)
     df.to_csv(out / "results.csv", index=False)
     cols = ["cell", "status", *spec["vary"], *[m for m in spec["metrics"] if m in df.columns]]

@@ -187,3 +187,21 @@ def test_a_grid_directory_of_another_profile_is_refused(tmp_path):
     with pytest.raises(grid.GridError, match=r"holds grid results of profile 'cpu-demo', not 'smoke'"):
         grid.run_grid("E2.4", "smoke", out, log=lambda m: None)
     assert sorted(p.name for p in out.iterdir()) == ["grid_state.json"]  # nothing was run or written
+
+
+def test_results_table_writes_the_home_folder_as_tilde(tmp_path, monkeypatch):
+    """A skipped metric's reason names the folders searched; results.csv must not carry the user's home."""
+    home = tmp_path / "home" / "someone"
+    monkeypatch.setenv("HOME", str(home))
+    out = tmp_path / "g"
+    (out / "a").mkdir(parents=True)
+    reason = f"needs weights.pth; searched {home}/.cache/torch/hub/checkpoints/weights.pth (missing)"
+    (out / "a" / "metrics.json").write_text(json.dumps({"eval": {"kid": {"value": None, "skipped": reason},
+                                                                 "mmd": {"value": 1.5}}}))
+    (out / "grid_state.json").write_text(json.dumps({"cells": {"a": {"status": "done", "seconds": 1.0}}}))
+    spec = {"name": "g", "method": "sbldm", "profile": "smoke", "vary": ["x"], "metrics": ["eval.mmd"],
+            "cells": {"a": {"params": {"x": 1}}}}
+    df = grid.aggregate(spec, out, "smoke", log=lambda *a: None)
+    text = (out / "results.csv").read_text()
+    assert str(home) not in text and "~/.cache/torch/hub/checkpoints/weights.pth" in text
+    assert df.loc[0, "eval.mmd"] == 1.5

@@ -116,6 +116,28 @@ def test_generate_feeds_back_the_clamped_x0_estimate():
     assert net.calls[0][0][:, 2:].abs().sum() == 0 and torch.all(net.calls[1][0][:, 2:] == 1.0)
 
 
+@pytest.mark.parametrize("rederive", [False, True])
+def test_generate_ddim_step_by_hand(rederive):
+    """eps-prediction, eta 0, 2 trailing steps (t = 999 -> 499): x_499 from x_999 by the DDIM formula, with the
+    network's eps (the official MONAI sampler) or eps re-derived from the clipped x0 (``rederive_eps``)."""
+    cfg = sd.config("smoke", prediction="eps", self_cond_p=0.0)
+    net = Spy()
+    with torch.no_grad():
+        net.w.fill_(0.5)  # eps = 0.5 everywhere: the x0 estimate at t = 999 is far outside [-1, 1]
+    sch = sd.build_scheduler(cfg)
+    sd.generate(net, sch, [0, 3], cfg, steps=2, eta=0.0, seed=0, progress=False, rederive_eps=rederive)
+    assert [int(c[1][0]) for c in net.calls] == [999, 499]
+    x, got = net.calls[0][0].double(), net.calls[1][0].double()
+    a, a_prev = sch.alphas_cumprod[999].double(), sch.alphas_cumprod[499].double()
+    eps = torch.full_like(x, 0.5)
+    x0 = ((x - (1 - a).sqrt() * eps) / a.sqrt()).clamp(-1, 1)
+    assert (x0.abs() == 1).float().mean() > 0.5  # clipping is active in this test
+    if rederive:
+        eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+    want = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
 def test_generation_spec_validation(tmp_path):
     avail = {"lesion": [10, 11], "lesion_free": [5, 10, 11]}
     plan = sd.parse_spec({"seed": 3, "counts": {"all": {"lesion": 2, "lesion_free": 1}, "11": {"lesion": 5}}}, 30, avail)

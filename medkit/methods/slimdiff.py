@@ -84,6 +84,9 @@ COMMON: dict[str, Any] = dict(
     lr_min=1e-6,              # cosine LR decay to this
     ema_decay=0.999,
     sampling_eta=0.2,
+    # DDIM re-derives eps from the clipped x0 at each step (diffusers' use_clipped_model_output)? False is the
+    # official code's sampler (MONAI's DDIM keeps the network's eps when it clips x0); True is the GLIDE choice.
+    sampling_rederive_eps=False,
     seed=0,
 )
 
@@ -185,16 +188,21 @@ def training_loss(unet, batch: dict, step: int, scheduler, cfg: dict):
 # -------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
 def generate(unet, scheduler, tokens, cfg: dict, *, steps: int | None = None, eta: float | None = None,
-             seed: int = 0, device="cpu", batch_size: int = 32, progress: bool = True):
+             seed: int = 0, device="cpu", batch_size: int = 32, progress: bool = True,
+             rederive_eps: bool | None = None):
     """Images (N, 1, H, W) in [-1, 1] and binary masks (N, 1, H, W) in {0, 1} for the given tokens.
 
     DDIM with trailing spacing from x_T ~ N(0, I) (a CPU generator seeded with ``seed``, so CPU and GPU
     draw the same noise), self-conditioning on the previous step's clamped x0 estimate, mask > 0.
+    Each step's x0 estimate is clipped to [-1, 1]; ``rederive_eps`` (default: the config's
+    ``sampling_rederive_eps``, False as the official code) also re-derives the step's eps from the clipped x0,
+    which matters most for eps-prediction, whose early x0 estimates lie far outside [-1, 1].
     """
     from tqdm.auto import tqdm
 
     steps = int(steps or cfg["sampling_steps"])
     eta = float(cfg["sampling_eta"] if eta is None else eta)
+    rederive = bool(cfg.get("sampling_rederive_eps", False) if rederive_eps is None else rederive_eps)
     tokens = torch.as_tensor(tokens, dtype=torch.long)
     unet.eval()
     g = torch.Generator().manual_seed(int(seed))
@@ -214,7 +222,8 @@ def generate(unet, scheduler, tokens, cfg: dict, *, steps: int | None = None, et
             if x0_hat is not None:
                 x0_hat = diffusion.predicted_x0(scheduler, x, out, tb).clamp(-1, 1)
             noise = torch.randn(x.shape, generator=g).to(device) if eta > 0 else None
-            x = scheduler.step(out, t, x, eta=eta, variance_noise=noise).prev_sample
+            x = scheduler.step(out, t, x, eta=eta, variance_noise=noise,
+                               use_clipped_model_output=rederive).prev_sample
             bar.update(1)
         images.append(x[:, :1].clamp(-1, 1).cpu())
         masks.append((x[:, 1:2] > 0).float().cpu())

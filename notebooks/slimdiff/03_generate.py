@@ -52,6 +52,7 @@ run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/s
 spec = ""              # generation spec: a JSON file path or JSON text; empty: the profile's default (per-bin counts over all trained bins)
 steps = None           # DDIM steps; None: the profile's (t4: 300)
 eta = None             # DDIM eta; None: 0.2
+rederive_eps = None    # True: each DDIM step re-derives eps from the clipped x0 (diffusers use_clipped_model_output); None: the profile's (False, as the official sampler)
 device = "auto"        # "auto" | "cpu" | "cuda"
 
 # %%
@@ -89,7 +90,7 @@ unet = unet.to(dev).eval()
 scheduler = slimdiff.build_scheduler(cfg, "ddim")
 t0 = time.perf_counter()
 images, masks = slimdiff.generate(unet, scheduler, plan["tokens"], cfg, steps=steps, eta=eta, seed=plan["seed"],
-                                  device=dev)
+                                  device=dev, rederive_eps=rederive_eps)
 seconds = time.perf_counter() - t0
 tokens = np.asarray(plan["tokens"])
 np.savez_compressed(run.samples / "generated.npz", images=images.numpy(), masks=masks.numpy().astype(np.uint8),
@@ -98,6 +99,7 @@ names = [f"{i:05d}_z{t % cfg['n_bins']:02d}_{'lesion' if t >= cfg['n_bins'] else
 save_pairs(run.samples / "pairs", images, masks, names=names, overwrite=True)  # readable by the other loaders
 run.update_metrics("generation", {"n": len(tokens), "steps": int(steps or cfg["sampling_steps"]),
                                   "eta": float(cfg["sampling_eta"] if eta is None else eta),
+                                  "rederive_eps": bool(cfg.get("sampling_rederive_eps", False) if rederive_eps is None else rederive_eps),
                                   "seconds_per_image": seconds / len(tokens),
                                   "n_lesion_requested": int((tokens >= cfg["n_bins"]).sum()),
                                   "lesion_requested_with_empty_mask": int(((tokens >= cfg["n_bins"]) & (masks.flatten(1).sum(1).numpy() == 0)).sum()),
