@@ -235,6 +235,19 @@ def test_lookup_order(offline, monkeypatch):
         _weights.load_pretrained(TINY, weights="missing.pth")
 
 
+def test_optional_network_as_the_notebooks_parameters_ask(offline):
+    """"none": not built; "auto": skipped with the reason when the file is missing; a named network: raises."""
+    built = []
+    assert _weights.optional_network("none", lambda: built.append(1)) == (None, "not requested") and not built
+    net, why = _weights.optional_network("auto", lambda: LPIPS("vgg"))
+    assert net is None and "vgg16-397923af.pth" in why and "\n" not in why
+    with pytest.raises(_weights.WeightsUnavailable, match="vgg16-397923af.pth"):
+        _weights.optional_network("vgg", lambda: LPIPS("vgg"))
+    _save(offline / "torch" / "hub" / "checkpoints" / "tiny-net.pth", 5.0)
+    sd, why = _weights.optional_network("auto", lambda: _weights.load_pretrained(TINY)[0])
+    assert why is None and sd["w"].item() == 5.0
+
+
 def test_a_corrupt_torchvision_file_is_refused(offline):
     _save(offline / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth", 0.0)
     with pytest.raises(ValueError, match="SHA-256 .* starts with 7be5be79: the file is truncated or a different"):

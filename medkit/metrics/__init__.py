@@ -12,7 +12,7 @@
 """
 from medkit.metrics.distribution import (SmallSampleWarning, fid_bootstrap, fid_infinity, frechet_distance, kid,
                                          rbf_mmd)
-from medkit.metrics._weights import WeightsUnavailable
+from medkit.metrics._weights import WeightsUnavailable, optional_network
 from medkit.metrics.features import extract_features, get_extractor, iter_image_folder, load_image_folder
 from medkit.metrics.inception import InceptionV3FID
 from medkit.metrics.lpips import LPIPS, lpips_distance
@@ -22,5 +22,5 @@ from medkit.metrics.pixel import mae, mean_ci, psnr, ssim
 
 __all__ = ["ssim", "psnr", "mae", "mean_ci", "frechet_distance", "fid_bootstrap", "fid_infinity", "kid",
            "rbf_mmd", "SmallSampleWarning", "extract_features", "get_extractor", "iter_image_folder",
-           "load_image_folder", "InceptionV3FID", "LPIPS", "lpips_distance", "WeightsUnavailable", "mmd_mf",
+           "load_image_folder", "InceptionV3FID", "LPIPS", "lpips_distance", "WeightsUnavailable", "optional_network", "mmd_mf",
            "mmd_mf_from_features", "lesion_features", "MMDMFResult", "FEATURE_NAMES", "dice", "iou"]

@@ -38,6 +38,24 @@ class WeightsUnavailable(FileNotFoundError):
     """No copy of a network's pretrained weights could be found or downloaded."""
 
 
+def optional_network(choice: str, build: Callable[[], object]) -> tuple[object | None, str | None]:
+    """A perceptual network as an evaluation notebook's parameter asks: ``(network, None)`` or ``(None, why)``.
+
+    ``choice`` "none": not built ("not requested"); "auto": built if its weights can be found, else
+    ``(None, reason)`` with :class:`WeightsUnavailable`'s message on one line, so the metric is reported as
+    skipped with what to attach; anything else (a named network such as "vgg"): built, and a missing weights
+    file raises.
+    """
+    if choice == "none":
+        return None, "not requested"
+    try:
+        return build(), None
+    except WeightsUnavailable as e:
+        if choice != "auto":
+            raise
+        return None, " ".join(str(e).split())
+
+
 @dataclass(frozen=True)
 class WeightsSpec:
     """Where a network's pretrained weights come from.

@@ -65,7 +65,6 @@ from medkit import env, metrics, viz
 from medkit.data import pairs
 from medkit.eval import entry
 from medkit.eval.evaluate import distribution_metrics, unpaired_lpips
-from medkit.metrics import WeightsUnavailable
 from medkit.run import RunDir
 
 print(env.describe())
@@ -90,22 +89,10 @@ print(dataset, {k: len(v["images"]) for k, v in generated.items()})
 # %% [markdown]
 # ## Image quality: FID, KID, LPIPS
 
-
 # %%
-def try_build(choice, build):
-    if choice == "none":
-        return None, "not requested"
-    try:
-        return build(), None
-    except WeightsUnavailable as e:
-        if choice != "auto":
-            raise
-        return None, " ".join(str(e).split())
-
-
-ext, why = try_build(features, lambda: metrics.get_extractor("inception", dev))
+ext, why = metrics.optional_network(features, lambda: metrics.get_extractor("inception", dev))
 net_name = "vgg" if lpips == "auto" else lpips
-lp_model, why_lp = try_build(lpips, lambda: metrics.LPIPS(net_name))
+lp_model, why_lp = metrics.optional_network(lpips, lambda: metrics.LPIPS(net_name))
 fr = metrics.extract_features(real_img, ext, device=dev) if ext is not None else None
 for name, g in generated.items():
     ds_name = f"{dataset} vs {len(g['images'])} generated from {name.replace('_', ' ')}"
