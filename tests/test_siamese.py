@@ -33,7 +33,7 @@ def _grads(net, fn, *args):
     loss = fn(net, *args)
     loss = loss[0] if isinstance(loss, tuple) else loss
     loss.backward()
-    return float(loss), {k: (p.grad.clone() if p.grad is not None else None) for k, p in net.named_parameters()}
+    return float(loss.detach()), {k: (p.grad.clone() if p.grad is not None else None) for k, p in net.named_parameters()}
 
 
 @pytest.mark.parametrize("over,step", [
