@@ -87,3 +87,23 @@ def test_clip_sample_bounds_the_x0_estimate():
     out = diffusion.sample(f, free, (2, 1, 4, 4), num_inference_steps=10,
                            generator=torch.Generator().manual_seed(0), progress=False)
     assert out.abs().max().item() > 100  # unclipped: the 1/sqrt(abar) amplification shows
+
+
+def test_rederive_eps_changes_only_clipped_steps():
+    """rederive_eps takes eps from the clipped x0: a different trajectory when clipping bites, the same one
+    (up to rounding) when it does not; schedulers without the choice refuse it by name."""
+    f = lambda x, t: 0.5 * x + 0.3  # noqa: E731
+    kw = dict(num_inference_steps=8, progress=False)
+
+    def run(s, **extra):
+        return diffusion.sample(f, s, (2, 1, 4, 4), generator=torch.Generator().manual_seed(0), **kw, **extra)
+
+    clipped = diffusion.make_scheduler("ddim", clip_sample=True, clip_sample_range=1.0)
+    assert not torch.allclose(run(clipped), run(clipped, rederive_eps=True), atol=1e-3)
+    free = diffusion.make_scheduler("ddim")
+    torch.testing.assert_close(run(free), run(free, rederive_eps=True), rtol=1e-4, atol=1e-4)
+    early, steps = diffusion.sample_early_stop(f, clipped, (2, 1, 4, 4), threshold=0.0, rederive_eps=True,
+                                               generator=torch.Generator().manual_seed(0), **kw)
+    torch.testing.assert_close(early, run(clipped, rederive_eps=True))
+    with pytest.raises(ValueError, match="rederive_eps=True needs a DDIM scheduler; DDPMScheduler"):
+        run(diffusion.make_scheduler("ddpm"), rederive_eps=True)

@@ -152,18 +152,31 @@ def predicted_x0(scheduler, x_t: torch.Tensor, out: torch.Tensor, t: torch.Tenso
     return a * x_t - s * out
 
 
+def _step_kwargs(scheduler, eta: float, rederive_eps: bool) -> dict:
+    """The keyword arguments of ``scheduler.step`` beyond (output, t, x): eta for DDIM, and the eps choice."""
+    names = scheduler.step.__code__.co_varnames
+    extra = {"eta": eta} if "eta" in names else {}
+    if rederive_eps:
+        if "use_clipped_model_output" not in names:
+            raise ValueError(f"rederive_eps=True needs a DDIM scheduler; {type(scheduler).__name__} has no such choice")
+        extra["use_clipped_model_output"] = True
+    return extra
+
+
 @torch.no_grad()
 def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler, shape, *,
            num_inference_steps: int = 50, eta: float = 0.0, generator: torch.Generator | None = None,
-           device="cpu", progress: bool = True, desc: str = "sampling") -> torch.Tensor:
+           device="cpu", progress: bool = True, desc: str = "sampling", rederive_eps: bool = False) -> torch.Tensor:
     """Ancestral/DDIM sampling, unrolled: x_T ~ N(0, I), then x_{t-1} = scheduler.step(model(x_t, t)).
 
     model_fn(x_t, t_batch) returns the network output in the scheduler's prediction_type.
     ``generator`` (a CPU torch.Generator) fixes the initial noise and, for eta > 0 / DDPM, the step noise.
+    ``rederive_eps`` (DDIM with clip_sample only): each step takes eps from the clipped x0 estimate
+    (diffusers' ``use_clipped_model_output``) instead of the network's own.
     """
     scheduler.set_timesteps(num_inference_steps, device=device)
     x = torch.randn(shape, generator=generator, device="cpu").to(device) * scheduler.init_noise_sigma
-    extra = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
+    extra = _step_kwargs(scheduler, eta, rederive_eps)
     for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
         out = model_fn(x, t.expand(shape[0]).to(device))
         # Step noise drawn on the CPU generator, so a seed gives the same samples on CPU and GPU.
@@ -175,7 +188,7 @@ def sample(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], sched
 def sample_early_stop(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scheduler, shape, *,
                       threshold: float = 0.05, num_inference_steps: int = 50, min_steps: int = 2, eta: float = 0.0,
                       generator: torch.Generator | None = None, device="cpu", progress: bool = True,
-                      desc: str = "sampling (early stop)"):
+                      desc: str = "sampling (early stop)", rederive_eps: bool = False):
     """DDIM with adaptive early stop (this kit's extension of the seed plan); returns (x0, steps_taken).
 
     After each step k the scheduler's own estimate of the clean sample, x0_hat_k (``pred_original_sample``),
@@ -197,7 +210,7 @@ def sample_early_stop(model_fn: Callable[[torch.Tensor, torch.Tensor], torch.Ten
         raise ValueError(f"early-stop threshold={threshold}: must be >= 0 (0 runs all steps)")
     scheduler.set_timesteps(num_inference_steps, device=device)
     x = torch.randn(shape, generator=generator, device="cpu").to(device) * scheduler.init_noise_sigma
-    extra = {"eta": eta} if "eta" in scheduler.step.__code__.co_varnames else {}
+    extra = _step_kwargs(scheduler, eta, rederive_eps)
     n = shape[0]
     out = torch.empty_like(x)
     steps = torch.zeros(n, dtype=torch.long)

@@ -271,11 +271,12 @@ def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, floor: float =
 @torch.no_grad()
 def sample(unet, vae, scheduler, n: int, latent_shape, scale: float, *, steps: int = 50, eta: float = 0.0,
            seed: int = 0, device="cpu", batch_size: int = 64, progress: bool = True, early_stop: float = 0.0,
-           return_steps: bool = False):
+           return_steps: bool = False, rederive_eps: bool = False):
     """n slices: DDIM from x_T ~ N(0, I) in latent space, then x = D(z0 / s), clamped to [-1, 1].
 
     ``early_stop`` > 0 uses ``diffusion.sample_early_stop`` with that threshold; ``return_steps`` also
     returns the network calls each sample had (a long tensor).
+    ``rederive_eps``: each DDIM step re-derives eps from the clipped z0 estimate (see ``diffusion.sample``).
     """
     unet.eval()
     vae.eval()
@@ -286,11 +287,12 @@ def sample(unet, vae, scheduler, n: int, latent_shape, scale: float, *, steps: i
         if early_stop > 0:
             z0, k = diffusion.sample_early_stop(lambda x, t: unet(x, t), scheduler, (b, *latent_shape),
                                                 threshold=early_stop, num_inference_steps=steps, eta=eta,
-                                                generator=g, device=device, progress=progress)
+                                                generator=g, device=device, progress=progress,
+                                                rederive_eps=rederive_eps)
         else:
             z0 = diffusion.sample(lambda x, t: unet(x, t), scheduler, (b, *latent_shape),
                                   num_inference_steps=steps, eta=eta, generator=g, device=device,
-                                  progress=progress)
+                                  progress=progress, rederive_eps=rederive_eps)
             k = torch.full((b,), steps, dtype=torch.long)
         out.append(vae.decode(z0 / scale).float().clamp(-1, 1).cpu())
         taken.append(k)

@@ -64,6 +64,7 @@ sampling_steps = None  # DDIM steps; None: profile value (50)
 eta = 0.0              # DDIM eta: 0 deterministic, 1 DDPM-like ancestral noise
 early_stop = None      # adaptive early-stop threshold (see below); None: the run's setting, 0: off
 clip_latents = True    # clip each step's z0 estimate to the training latents' range (False: no clip)
+rederive_eps = False   # with clipping: each DDIM step re-derives eps from the clipped z0 (diffusers use_clipped_model_output)
 seed = 0               # sampling seed: the same seed gives the same slices
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
 
@@ -122,12 +123,13 @@ if dev.type == "cuda":
     torch.cuda.synchronize()
 t0 = time.perf_counter()
 generated, taken = sbldm.sample(unet, vae, scheduler, n, tuple(lat["shape"]), lat["scale"], steps=steps, eta=eta,
-                                seed=seed, device=dev, early_stop=early_stop, return_steps=True)
+                                seed=seed, device=dev, early_stop=early_stop, return_steps=True,
+                                rederive_eps=rederive_eps)
 if dev.type == "cuda":
     torch.cuda.synchronize()
 seconds = time.perf_counter() - t0
 np.savez_compressed(run.samples / "generated.npz", images=generated.numpy(), seed=seed, steps=steps, eta=eta)
-run.update_metrics("sampling", {"seconds_per_image": seconds / n, "n": n, "steps": steps, "eta": eta,
+run.update_metrics("sampling", {"seconds_per_image": seconds / n, "n": n, "steps": steps, "eta": eta, "rederive_eps": bool(rederive_eps),
                                 "clip": clip, "device": str(dev), "seed": seed, "early_stop": early_stop,
                                 "mean_steps_taken": taken.float().mean().item(),
                                 "min_steps_taken": int(taken.min()), "max_steps_taken": int(taken.max())})
