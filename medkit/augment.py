@@ -87,7 +87,9 @@ def random_masks(masks: torch.Tensor, *, seed: int = 0, scale: float = 0.15, rot
     in {0, 1} is scaled by 1 +- ``scale``, rotated by +- ``rotate_deg``, deformed by MONAI's
     ``Rand2DElastic`` (control-point ``elastic_spacing`` x the image size, displacement ``elastic_magnitude``
     in control-point units) and flipped left-right / up-down with probability 0.5 each, then thresholded at
-    0.5, so the result stays binary. Deterministic for a given ``seed``.
+    0.5, so the result stays binary. Deterministic for a given ``seed``. A mask of a few pixels can fall
+    below 0.5 everywhere after the bilinear resampling; it is then kept as every pixel the same transform
+    reaches (> 1e-3), so a non-empty mask gives an empty one only when the transform moves it out of the image.
     """
     import math
 
@@ -105,9 +107,12 @@ def random_masks(masks: torch.Tensor, *, seed: int = 0, scale: float = 0.15, rot
         tr.set_random_state(seed=int(seed) * 7 + k)
     out = []
     for m in masks.float():
-        x = elastic(m)
+        soft = elastic(m)
         for f in flips:
-            x = f(x)
-        x = x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)  # MONAI MetaTensor -> Tensor
-        out.append((x > 0.5).float())
+            soft = f(soft)
+        soft = soft.as_tensor() if hasattr(soft, "as_tensor") else torch.as_tensor(soft)  # MetaTensor -> Tensor
+        x = soft > 0.5
+        if not x.any():  # a tiny mask lost to the interpolation: same transform, any coverage counts
+            x = soft > 1e-3
+        out.append(x.float())
     return torch.stack(out)

@@ -181,6 +181,21 @@ def test_cli_backend_only_for_siamese(tmp_path):
     assert r.returncode == 2 and "--backend is for siamese" in r.stderr
 
 
+def test_random_masks_keep_tiny_masks():
+    """One- and two-pixel masks (inferior white-matter slices) used to vanish in the bilinear resampling."""
+    m = torch.zeros(10, 1, 64, 64)
+    for i in range(10):
+        m[i, 0, 30 + i, 20 + 2 * i] = 1
+    out = random_masks(m, seed=0)
+    area = out.flatten(1).sum(1)
+    assert (area > 0).all() and (area <= 9).all(), area.tolist()
+    big = torch.zeros(2, 1, 64, 64)
+    big[:, :, 20:40, 20:40] = 1
+    # the fallback reuses the mask's own transform: the masks after it get the same transforms as without it
+    torch.testing.assert_close(random_masks(torch.cat([m[1:2], big]), seed=0)[1:],
+                               random_masks(torch.cat([big[:1], big]), seed=0)[1:])
+
+
 def test_random_masks_binary_deterministic_and_different():
     m = torch.zeros(4, 1, 32, 32)
     m[:, :, 8:24, 10:22] = 1
