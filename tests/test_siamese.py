@@ -88,7 +88,7 @@ def test_logged_terms_and_w_i():
     assert logs["loss_aug"] > 0 and logs["loss_image"] > 0 and logs["loss_consistency"] >= 0
     expected = (logs["loss_mask"] + logs["loss_image"] + cfg["w_c"] * logs["loss_consistency"]
                 + cfg["w_a"] * logs["loss_aug"])
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     _, logs0 = siamese.training_loss(net, batch, 2, sched, cfg)   # before K_tau = 9 // 3
     assert logs0["loss_aug"] == 0.0
 
