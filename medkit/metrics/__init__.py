@@ -22,5 +22,5 @@ from medkit.metrics.pixel import mae, mean_ci, psnr, ssim
 
 __all__ = ["ssim", "psnr", "mae", "mean_ci", "frechet_distance", "fid_bootstrap", "fid_infinity", "kid",
            "rbf_mmd", "SmallSampleWarning", "extract_features", "get_extractor", "iter_image_folder",
-           "load_image_folder", "InceptionV3FID", "LPIPS", "lpips_distance", "WeightsUnavailable", "optional_network", "mmd_mf",
-           "mmd_mf_from_features", "lesion_features", "MMDMFResult", "FEATURE_NAMES", "dice", "iou"]
+           "load_image_folder", "InceptionV3FID", "LPIPS", "lpips_distance", "WeightsUnavailable",
+           "optional_network", "mmd_mf", "mmd_mf_from_features", "lesion_features", "MMDMFResult", "FEATURE_NAMES", "dice", "iou"]

@@ -129,8 +129,8 @@ if dev.type == "cuda":
     torch.cuda.synchronize()
 seconds = time.perf_counter() - t0
 np.savez_compressed(run.samples / "generated.npz", images=generated.numpy(), seed=seed, steps=steps, eta=eta)
-run.update_metrics("sampling", {"seconds_per_image": seconds / n, "n": n, "steps": steps, "eta": eta, "rederive_eps": bool(rederive_eps),
-                                "clip": clip, "device": str(dev), "seed": seed, "early_stop": early_stop,
+run.update_metrics("sampling", {"seconds_per_image": seconds / n, "n": n, "steps": steps, "eta": eta,
+                                "rederive_eps": bool(rederive_eps), "clip": clip, "device": str(dev), "seed": seed, "early_stop": early_stop,
                                 "mean_steps_taken": taken.float().mean().item(),
                                 "min_steps_taken": int(taken.min()), "max_steps_taken": int(taken.max())})
 print(f"{n} slices in {seconds:.1f} s: {seconds / n:.3f} s per image on {dev}; network calls per sample: "

@@ -84,6 +84,7 @@ print(f"{len(plan['tokens'])} samples over {len(plan['counts'])} z-bins, seed {p
 # ## Sample
 
 # %%
+rederive_eps = bool(cfg.get("sampling_rederive_eps", False) if rederive_eps is None else rederive_eps)
 unet = slimdiff.build_unet(cfg)
 load_weights(run.path, "slimdiff", unet, ema=True)
 unet = unet.to(dev).eval()
@@ -99,7 +100,7 @@ names = [f"{i:05d}_z{t % cfg['n_bins']:02d}_{'lesion' if t >= cfg['n_bins'] else
 save_pairs(run.samples / "pairs", images, masks, names=names, overwrite=True)  # readable by the other loaders
 run.update_metrics("generation", {"n": len(tokens), "steps": int(steps or cfg["sampling_steps"]),
                                   "eta": float(cfg["sampling_eta"] if eta is None else eta),
-                                  "rederive_eps": bool(cfg.get("sampling_rederive_eps", False) if rederive_eps is None else rederive_eps),
+                                  "rederive_eps": rederive_eps,
                                   "seconds_per_image": seconds / len(tokens),
                                   "n_lesion_requested": int((tokens >= cfg["n_bins"]).sum()),
                                   "lesion_requested_with_empty_mask": int(((tokens >= cfg["n_bins"]) & (masks.flatten(1).sum(1).numpy() == 0)).sum()),
