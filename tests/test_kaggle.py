@@ -164,17 +164,17 @@ class FakeApi:
         self.statuses, self.failure = list(statuses), failure
         self.pushed, self.polled, self.fetched = [], [], []
 
-    def kernels_push(self, folder):
+    def kernels_push(self, folder, **kwargs):
         self.pushed.append(read_kernel(folder))
         ref = self.pushed[-1][0]["id"]
         return SimpleNamespace(ref=f"/code/{ref}", url=f"https://www.kaggle.com/code/{ref}", version_number=7,
                                error="", invalid_dataset_sources=[], invalid_kernel_sources=[])
 
-    def kernels_status(self, ref):
+    def kernels_status(self, ref, **kwargs):
         self.polled.append(ref)
         return SimpleNamespace(status=self.statuses.pop(0), failure_message=self.failure)
 
-    def kernels_output(self, ref, path, force=False, quiet=True):
+    def kernels_output(self, ref, path, force=False, quiet=True, **kwargs):
         self.fetched.append((ref, path, force))
         out = Path(path)
         (out / "checkpoints" / "vae").mkdir(parents=True, exist_ok=True)
@@ -282,9 +282,14 @@ def test_real_kaggle_api_builds_the_requests_offline(offline, tmp_path, monkeypa
         client._http_client._session.send = send
         return client
 
-    def download(url, stream=False):
-        assert url == "https://files.invalid/m.json"
-        return SimpleNamespace(content=b'{"vae": {}}', headers={})
+    def download(url, **kwargs):  # stream=, timeout=, ... : whatever a kaggle version passes
+        assert url == "https://files.invalid/m.json"  # the one thing the kit depends on: the file's URL
+        body = b'{"vae": {}}'
+        resp = requests.Response()  # a real response, so .content and .iter_content() both work
+        resp.status_code, resp.url, resp.raw = 200, url, io.BytesIO(body)
+        resp.request = requests.Request("GET", url).prepare()
+        resp.headers["Content-Length"] = str(len(body))
+        return resp
 
     monkeypatch.setattr(api, "build_kaggle_client", build)
     monkeypatch.setattr(requests, "get", download)  # kernels_output downloads each file with requests.get

@@ -1,7 +1,11 @@
 """The SBLDM notebooks end to end under papermill (smoke profile), resume, and jupytext pairing."""
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,6 +76,55 @@ def test_rerun_resumes_without_retraining(smoke_run):
     nb = json.loads((out / "notebooks" / "01_vae.ipynb").read_text())
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     assert "resum" in text.lower()
+
+
+TIMING = re.compile(r"seconds|overhead")  # wall-clock fields: the only ones allowed to differ between runs
+
+
+def non_timing_differences(a, b, path=""):
+    """Every field (dotted path) where two metrics.json objects differ, timing fields excepted."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            if TIMING.search(k):
+                continue
+            key = f"{path}.{k}" if path else k
+            out += ([key] if (k in a) != (k in b) else non_timing_differences(a[k], b[k], key))
+        return out
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def test_non_timing_differences_sees_a_changed_field():
+    a = {"ldm": {"final_loss": 0.5, "train_seconds": 1.0}, "latents": {"std_per_channel": [1.0, 2.0]}}
+    assert non_timing_differences(a, json.loads(json.dumps(a))) == []
+    b = {"ldm": {"final_loss": 0.5, "train_seconds": 9.0}, "latents": {"std_per_channel": [1.0, 2.5]}}
+    assert non_timing_differences(a, b) == ["latents.std_per_channel: [1.0, 2.0] != [1.0, 2.5]"]
+    assert non_timing_differences(a, {"ldm": a["ldm"]}) == ["latents"]
+
+
+def test_killed_main_job_reruns_to_the_same_metrics(smoke_run, tmp_path):
+    """The smoke main job SIGKILLed during latent-diffusion training (notebook 2, after its latent cache and
+    statistics were written), then run again with the same command, ends with the uninterrupted run's
+    metrics.json in every non-timing field: every random draw that reaches an output is seeded."""
+    reference, _ = smoke_run
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "medkit", "run", "sbldm", "--profile", "smoke", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: papermill's kernels die with it
+    mark, deadline = out / "checkpoints" / "ldm" / "latest", time.monotonic() + 600
+    try:
+        while not mark.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert mark.exists(), "the run ended or timed out before latent-diffusion training began"
+    assert not (out / "notebooks" / "04_evaluation.ipynb").exists()  # it really was killed mid-run
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    ref = json.loads((reference / "metrics.json").read_text())
+    got = json.loads((out / "metrics.json").read_text())
+    assert non_timing_differences(ref, got) == []
 
 
 def test_failed_notebook_reports_the_cell(tmp_path):

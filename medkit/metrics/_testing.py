@@ -65,6 +65,20 @@ def fingerprint(tensors) -> list[float]:
     return [s, a, q]
 
 
+def fingerprints_match(got, ref, ulps: float = 1.0) -> bool:
+    """Whether two ``fingerprint``s describe the same float32 numbers up to ``ulps`` units in the last place.
+
+    Another CPU or thread count may round a seeded float32 value differently in its last bit. One ulp of a
+    float32 x is at most eps * |x| (eps = 2^-23), so if every element moves by up to ``ulps`` ulp:
+    |d sum| <= ulps * eps * sum|x|, |d sum|x|| <= ulps * eps * sum|x|, and
+    |d sum x^2| <= (2 ulps eps + (ulps eps)^2) * sum x^2. The float64 accumulation error (n * 2^-53 * sum|x|)
+    is far below that. Different seeds or a different network move the sums by many orders more.
+    """
+    eps = ulps * torch.finfo(torch.float32).eps
+    (s, a, q), (s0, a0, q0) = got, ref
+    return (abs(s - s0) <= eps * a0 and abs(a - a0) <= eps * a0 and abs(q - q0) <= (2 * eps + eps * eps) * q0)
+
+
 def _bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
     """(n_out, n_in) float64 weights of a bilinear upsampling (align_corners=False, edges clamped)."""
     src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * n_in / n_out - 0.5).clamp(min=0)

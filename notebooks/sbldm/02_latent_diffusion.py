@@ -99,9 +99,12 @@ vae = vae.to(dev).eval().requires_grad_(False)
 mu, sigma, scale = sbldm.latent_cache(run.path / "cache" / "latents.safetensors", vae, vae_meta["checkpoint"], cfg, dev)
 latents = sbldm.LatentDataset(mu, sigma, scale)
 latent_shape = tuple(mu.shape[1:])
+# One draw z = mu + sigma * eps from a generator seeded by the run's seed: the statistics below and the
+# histogram are the same numbers in every run of the same command, interrupted or not.
+z_draw = mu + sigma * torch.randn(mu.shape, generator=torch.Generator().manual_seed(cfg["seed"]))
 run.update_metrics("latents", {"scale": scale, "shape": list(latent_shape), "n": len(latents),
                                "mean_per_channel": mu.mean((0, 2, 3)).tolist(),
-                               "std_per_channel": (mu + sigma * torch.randn_like(mu)).std((0, 2, 3)).tolist(),
+                               "std_per_channel": z_draw.std((0, 2, 3)).tolist(),
                                "mean_sigma": sigma.mean().item(), "vae_step": vae_meta.get("step"),
                                "abs_max": (scale * mu).abs().max().item()})
 print(f"{len(latents)} latents of shape {latent_shape}; scale s = 1/std(z) = {scale:.4f}")
@@ -114,7 +117,7 @@ print(f"{len(latents)} latents of shape {latent_shape}; scale s = 1/std(z) = {sc
 # %%
 import matplotlib.pyplot as plt
 
-zs = (scale * (mu + sigma * torch.randn_like(mu))).transpose(0, 1).flatten(1)
+zs = (scale * z_draw).transpose(0, 1).flatten(1)
 fig, ax = plt.subplots(figsize=(6, 3.2))
 for c, v in enumerate(zs):
     ax.hist(v.numpy(), bins=80, histtype="step", density=True, label=f"channel {c}: std {v.std():.2f}")
