@@ -15,6 +15,7 @@ PIPELINES = {
     "sbldm": ["01_vae", "02_latent_diffusion", "03_sampling", "04_evaluation"],
     "slimdiff": ["01_cache", "02_train", "03_generate", "04_evaluate"],
     "siamese": ["01_train", "02_sample", "03_evaluate"],
+    "ctsr": ["01_data_vae", "02_resshift", "03_super_resolve", "04_evaluate"],
 }
 
 

@@ -83,3 +83,25 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="timestep=15"):
         ResShiftScheduler().step(torch.zeros(1), 15, torch.zeros(1))
     assert set(PRESETS) == {"v1", "v2", "v3"}
+
+
+def test_respaced_chain_matches_the_full_one_where_they_coincide():
+    """set_timesteps(4) of the T = 15 chain visits 14 .. 0; an oracle still ends at x0, and with all 15 steps the
+    respaced code path reproduces the tabulated posterior exactly."""
+    s = ResShiftScheduler.from_preset("v1")
+    s.set_timesteps(4)
+    assert s.timesteps.tolist() == [14, 9, 5, 0]
+    g = torch.Generator().manual_seed(0)
+    x0, y = torch.randn(3, 5, generator=g), torch.randn(3, 5, generator=g)
+    x = s.prior_sample(y, torch.randn(y.shape, generator=g))
+    for t in s.timesteps:
+        x = s.step(x0, int(t), x, generator=g).prev_sample
+    torch.testing.assert_close(x, x0)
+    # respaced coefficients for t -> t-1 equal the tables: compare step 9 -> 5 by hand
+    e9, e5 = float(s.etas[9]), float(s.etas[5])
+    out = s.step(x0, 9, y, noise=torch.zeros_like(y)).prev_sample
+    torch.testing.assert_close(out, (e5 / e9 * y + (e9 - e5) / e9 * x0).float())
+    with pytest.raises(ValueError, match="not among"):
+        s.step(x0, 13, y)
+    s.set_timesteps(None)
+    assert s.timesteps.tolist() == list(range(14, -1, -1))

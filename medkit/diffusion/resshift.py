@@ -96,6 +96,20 @@ class ResShiftScheduler:
         self.posterior_variance = self.kappa ** 2 * etas_prev / self.etas * self.alphas
         self.timesteps = torch.arange(num_train_timesteps - 1, -1, -1)  # sampling visits every step
 
+    def set_timesteps(self, num_inference_steps: int | None = None) -> None:
+        """Visit ``num_inference_steps`` of the T steps (evenly spaced, always T-1 and 0); None: all T.
+
+        Between visited steps t > s the same posterior holds with eta_{t-1} replaced by eta_s (the chain's
+        marginals depend on eta alone): mean = eta_s/eta_t x_t + (eta_t - eta_s)/eta_t x0_hat, variance
+        kappa^2 eta_s/eta_t (eta_t - eta_s) - the respacing the official code also offers
+        (``timestep_respacing``). The network still receives the original step index t.
+        """
+        T = self.num_train_timesteps
+        n = T if num_inference_steps is None else int(num_inference_steps)
+        if not 2 <= n <= T:
+            raise ValueError(f"num_inference_steps={n}: ResShift with T = {T} takes 2..{T} steps")
+        self.timesteps = torch.unique(torch.linspace(T - 1, 0, n).round().long()).flip(0)
+
     @classmethod
     def from_preset(cls, name: str, latent: bool = True) -> "ResShiftScheduler":
         if name not in PRESETS:
@@ -140,12 +154,25 @@ class ResShiftScheduler:
         if not 0 <= t < self.num_train_timesteps:
             raise ValueError(f"timestep={t}: must be in 0..{self.num_train_timesteps - 1}")
         x0_hat = model_output.clamp(-clip, clip) if clip is not None else model_output
-        mean = (float(self.posterior_mean_coef1[t]) * sample + float(self.posterior_mean_coef2[t]) * x0_hat)
+        visited = self.timesteps.tolist()
+        if t not in visited:
+            raise ValueError(f"timestep={t} is not among this sampler's steps {visited} (see set_timesteps)")
+        i = visited.index(t)
+        if i + 1 == len(visited) and t != 0:
+            raise ValueError(f"timestep={t} is the last visited step but not 0: the chain must end at t = 0")
         if t == 0:
-            return ResShiftSchedulerOutput(prev_sample=mean, pred_original_sample=x0_hat)
+            return ResShiftSchedulerOutput(prev_sample=x0_hat.clone(), pred_original_sample=x0_hat)
+        s = visited[i + 1]
+        if s == t - 1:  # the posterior of eq. (2), from its tables
+            c1, c2, var = (float(v[t]) for v in (self.posterior_mean_coef1, self.posterior_mean_coef2,
+                                                 self.posterior_variance))
+        else:  # respaced: eta_s in place of eta_{t-1}
+            eta_t, eta_s = float(self.etas[t]), float(self.etas[s])
+            c1, c2, var = eta_s / eta_t, (eta_t - eta_s) / eta_t, self.kappa ** 2 * eta_s / eta_t * (eta_t - eta_s)
+        mean = c1 * sample + c2 * x0_hat
         if noise is None:
             noise = torch.randn(sample.shape, generator=generator, dtype=torch.float32).to(sample)
-        prev = mean + math.sqrt(float(self.posterior_variance[t])) * noise
+        prev = mean + math.sqrt(var) * noise
         return ResShiftSchedulerOutput(prev_sample=prev, pred_original_sample=x0_hat)
 
     def __repr__(self) -> str:

@@ -118,3 +118,4 @@ def _save(fig, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
 from .gallery import SampleGallery, save_static_gallery  # noqa: E402,F401  (re-exported; after the helpers it uses)
+from .volumes import difference_views, spectrum_plot, volume_views, z_gallery  # noqa: E402,F401
