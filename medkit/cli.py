@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate.add_arguments(sub.add_parser("evaluate", help="FID/KID/MMD (with CIs) between two folders of images"))
     report.add_arguments(sub.add_parser("report", help="aggregate runs' metrics.json into a markdown/CSV table and plots"))
+    from .methods import ctsr_apply
+
+    ctsr_apply.add_arguments(sub.add_parser("super-resolve", help="thick-slice CT/MR volume -> thin-slice NIfTI with a trained ctsr run"))
     sub.add_parser("downstream", add_help=False,
                    help="segmentation utility test: real vs real + k x synthetic vs synthetic (see --help)")
     from . import kaggle
@@ -116,6 +119,10 @@ def main(argv=None) -> int:
         except (ValueError, FileNotFoundError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if args.command == "super-resolve":
+        from .methods import ctsr_apply
+
+        return ctsr_apply.run_cli(args)
     if args.command == "kaggle":
         from . import kaggle
 

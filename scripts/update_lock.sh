@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Move the pinned versions forward, deliberately: `make lock`.
 #   1. a new, empty virtual environment (.venv-lock) gets the pinned CPU torch and the newest versions that
-#      requirements.txt and requirements-test.txt allow;
+#      requirements.txt and requirements-test.txt allow, and requirements-nodeps.txt's exact pins with
+#      --no-deps;
 #   2. the whole test suite runs in it (browser test included);
 #   3. only when it passes is requirements-lock.txt rewritten (pip freeze of that environment), so the lock
 #      always names a set of versions the suite has passed with. Review `git diff requirements-lock.txt`
@@ -16,6 +17,7 @@ rm -rf "$V"
 echo "[lock] installing torch==$TORCH_VERSION and the newest allowed versions into $V"
 "$V/bin/python" -m pip install -q "torch==$TORCH_VERSION"
 "$V/bin/python" -m pip install -q --upgrade -r requirements.txt -r requirements-test.txt
+"$V/bin/python" -m pip install -q --no-deps -r requirements-nodeps.txt   # exact pins, without their dependencies
 "$V/bin/python" -m pip install -q --no-deps -e .
 bash scripts/setup_browser_test.sh
 echo "[lock] running the test suite in $V"

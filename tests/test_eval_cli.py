@@ -148,6 +148,7 @@ def test_evaluate_command_without_weights_says_which_file(tmp_path, monkeypatch,
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.delenv("MEDKIT_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setattr(_weights, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.setattr(_weights, "find_packaged_file", lambda packaged: (None, f"{packaged.package} (hidden)"))
 
     def offline(spec):
         raise OSError("offline")

