@@ -155,7 +155,9 @@ def test_smoke_pipeline_outputs(smoke_run):
     assert m["data"]["factor"] == 4 and "MRI, not CT" in m["data"]["label"]
     assert m["resshift"]["T"] == 15 and m["resshift"]["space"] == "latent"
     methods = m["eval"]["methods"]
-    assert set(methods) == {"trilinear", "cubic", "vae", "resshift-15", "resshift-4", "regression", "ddim-10"}
+    assert set(methods) == {"trilinear", "cubic", "vae", "resshift-15", "resshift-4", "resshift-15-det", "resshift-4-det",
+                            "regression", "ddim-10"}
+    assert m["eval"]["methods"]["resshift-15"]["ssim3d_mask_" + "_".join(f"{v:g}" for v in m["eval"]["windows"][0])] <= 1
     for name, e in methods.items():
         assert np.isfinite(e["slice_psnr"]["mean"]) and e["slice_psnr"]["ci95"][0] <= e["slice_psnr"]["ci95"][1]
         assert "z_hf_ratio_db" in e and "lr_mae_raw" in e

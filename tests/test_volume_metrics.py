@@ -235,6 +235,7 @@ def test_sr_report(hr, sr):
     rep = V.sr_report(sr, hr, lr=hr[:, :, ::2], degrade=decimate, mask=m, drop=2)
     assert set(rep) == {"psnr_-1024_3071", "psnr_mask_-1024_3071", "ssim3d_-1024_3071", "ssim_axial_-1024_3071",
                         "psnr_-1000_1000", "psnr_mask_-1000_1000", "ssim3d_-1000_1000", "ssim_axial_-1000_1000",
+                        "ssim3d_mask_-1024_3071", "ssim3d_mask_-1000_1000",
                         "mae_hu", "mae_hu_mask", "lr_psnr_-1024_3071", "lr_psnr_-1000_1000", "lr_mae_hu",
                         "z_hf_ratio_db", "z_spectral_distance"}
     a, b, md = sr[:, :, 2:30], hr[:, :, 2:30], m[:, :, 2:30]
@@ -248,3 +249,17 @@ def test_sr_report(hr, sr):
     assert same["psnr_-1000_1000"] == math.inf and same["mae_raw"] == 0.0
     assert same["ssim3d_-1000_1000"] == pytest.approx(1.0, abs=1e-6)
     assert same["z_hf_ratio_db"] == 0.0 and same["z_spectral_distance"] == 0.0
+
+
+def test_masked_ssim_ignores_noise_outside_the_mask():
+    from medkit.metrics import volume as vm
+
+    rng = np.random.default_rng(0)
+    hr = np.full((24, 24, 24), -1000.0)
+    hr[6:18, 6:18, 6:18] = rng.normal(40, 200, size=(12, 12, 12))
+    mask = hr > -500
+    noisy_bg = hr + np.where(mask, 0.0, rng.normal(0, 200, hr.shape))
+    assert vm.ssim3d_masked(noisy_bg, hr, mask) > vm.ssim3d(noisy_bg, hr) + 0.05
+    assert abs(vm.ssim3d_masked(hr, hr, mask) - 1) < 1e-9
+    with pytest.raises(ValueError, match="mask is empty"):
+        vm.ssim3d_masked(hr, hr, np.zeros_like(mask))

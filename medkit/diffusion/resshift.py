@@ -137,6 +137,15 @@ class ResShiftScheduler:
             return (x_t / torch.sqrt(self.kappa ** 2 * self._at(self.etas, t, x_t) + 1)).to(x_t.dtype)
         return (x_t / (3 * self.kappa * self._at(self.sqrt_etas, t, x_t) + 1)).to(x_t.dtype)
 
+    def skip_coefficient(self, t, residual_var: float, like: torch.Tensor) -> torch.Tensor:
+        """c(t) of the best linear estimate x0 ~ y + c(t) (x_t - y), for a residual e = y - x0 of variance
+        ``residual_var``: from eq. (1), x_t - y = -(1 - eta_t) e + kappa sqrt(eta_t) eps, so
+        c(t) = (1 - eta_t) var_e / ((1 - eta_t)^2 var_e + kappa^2 eta_t). Not in the paper: this kit's
+        skip connection, in the spirit of EDM's c_skip (Karras et al., NeurIPS 2022), see ``medkit.methods.ctsr``.
+        """
+        eta = self._at(self.etas, t, like)
+        return (1 - eta) * residual_var / ((1 - eta) ** 2 * residual_var + self.kappa ** 2 * eta)
+
     # ------------------------------------------------------------------ sampling
     def prior_sample(self, y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_{T-1} = y + kappa sqrt(eta_{T-1}) noise  (eq. 3)."""

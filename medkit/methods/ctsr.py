@@ -70,9 +70,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         voxel_mm=2.0, patch=(32, 32, 16), n_patches=2048, space="pixel",
         vae_channels=(16, 32, 32), vae_groups=8, vae_batch=4, vae_steps=250, vae_lr=2e-3,
         unet_channels=(16, 32, 64), unet_attention=(False, False, False), unet_groups=8, unet_res_blocks=1,
-        head_channels=16, sr_batch=4, sr_steps=500, sr_lr=2e-3, ddpm_steps=500,
-        reg_features=(16, 16, 32, 64, 64, 16), reg_steps=400, reg_lr=2e-3, ckpt_every=100,
-        window=(64, 64, 48), sw_batch=1, sampling_steps_short=4, ddim_steps=50,
+        head_channels=16, sr_batch=4, sr_steps=500, sr_lr=2e-3, ddpm_steps=400,
+        reg_features=(16, 16, 32, 64, 64, 16), reg_steps=300, reg_lr=2e-3, ckpt_every=100,
+        window=(64, 128, 48), sw_batch=1, sampling_steps_short=4, ddim_steps=50,
         precision="auto", gradient_checkpointing=False,
     ),
     "t4": dict(
@@ -95,8 +95,11 @@ COMMON: dict[str, Any] = dict(
     latent_channels=4,
     kl_weight=1e-6,           # beta_KL of the VAE (KL summed over latent elements, batch mean)
     resshift="v1",            # "v1"/"v2" (T = 15, kappa 2, p 0.3, min noise 0.04) | "v3" (T = 4, min noise 0.2)
+    kappa=None,               # ResShift's noise scale kappa; None: the preset's (2.0)
     conditioning="concat",    # "concat" (ResShift) | "controlnet" (DiffBIR's IRControlNet)
     residual=True,            # x0_hat = y + f(...) (declared departure; False: f predicts x0 as the official code)
+    skip=True,                # x0_hat += c(t) (x_t - y), the best linear estimate's skip (declared departure)
+    residual_var=None,        # var(x0 - y) over the training patches, for the skip; set by notebook 2
     num_train_timesteps=1000, # the DDPM baseline's T (linear betas 1e-4..0.02, eps-prediction)
     overlap=None,             # sliding-window overlap; None: 0.5 in latent space (keeps window starts on the VAE's
                               # 4-voxel grid), 0.25 in pixel space (fewer windows)
@@ -139,7 +142,10 @@ def config(profile: str = "cpu-demo", **overrides) -> dict:
 
 
 def scheduler(cfg: dict) -> ResShiftScheduler:
-    return ResShiftScheduler.from_preset(cfg["resshift"], latent=cfg["space"] == "latent")
+    preset = dict(PRESETS[cfg["resshift"]])
+    if cfg.get("kappa") is not None:
+        preset["kappa"] = float(cfg["kappa"])
+    return ResShiftScheduler(**preset, latent=cfg["space"] == "latent")
 
 
 def ddpm_scheduler(cfg: dict, kind: str = "ddpm"):
@@ -242,12 +248,34 @@ def to_space(batch: dict, vae: nn.Module | None, scale: float) -> tuple[torch.Te
     return mu[:len(batch["hr"])].float(), mu[len(batch["hr"]):].float()
 
 
-def resshift_loss(model: Denoiser, batch, step: int, sched: ResShiftScheduler, vae=None, scale: float = 1.0):
-    """L = || f(x_t / c_t, y, t) - x0 ||^2 with t ~ U{0..T-1}, x_t from eq. (1) of ResShift."""
+def predict_x0(model: Denoiser, sched: ResShiftScheduler, x_t: torch.Tensor, t, y: torch.Tensor, cfg: dict,
+               net_out: torch.Tensor | None = None) -> torch.Tensor:
+    """x0_hat = f(x_t / c_t, y, t) [+ c(t) (x_t - y) with ``skip``]; ``net_out`` if f was already evaluated."""
+    out = model(sched.scale_model_input(x_t, t), t, y) if net_out is None else net_out
+    if cfg.get("skip") and cfg.get("residual_var"):
+        out = out + sched.skip_coefficient(t, float(cfg["residual_var"]), x_t) * (x_t - y)
+    return out
+
+
+@torch.no_grad()
+def residual_variance_in_space(dataset, vae=None, scale: float = 1.0, n: int = 64, batch: int = 4) -> float:
+    """var(x0 - y) over the first n training patches, in the denoiser's space (voxels, or scaled latents):
+    how far the interpolated thick slices are from the target - the v of the skip coefficient."""
+    d = []
+    for j in range(0, min(n, len(dataset)), batch):
+        items = [dataset[i] for i in range(j, min(n, len(dataset), j + batch))]
+        x0, y = to_space({k: torch.stack([it[k] for it in items]) for k in ("hr", "y")}, vae, scale)
+        d.append((x0 - y).float())
+    return float(torch.cat(d).pow(2).mean())
+
+
+def resshift_loss(model: Denoiser, batch, step: int, sched: ResShiftScheduler, vae=None, scale: float = 1.0,
+                  cfg: dict | None = None):
+    """L = || x0_hat(x_t, y, t) - x0 ||^2 with t ~ U{0..T-1}, x_t from eq. (1) of ResShift."""
     x0, y = to_space(batch, vae, scale)
     t = torch.randint(0, sched.num_train_timesteps, (x0.shape[0],), device=x0.device)
     x_t = sched.add_noise(x0, y, torch.randn_like(x0), t)
-    return F.mse_loss(model(sched.scale_model_input(x_t, t), t, y).float(), x0.float())
+    return F.mse_loss(predict_x0(model, sched, x_t, t, y, cfg or {}).float(), x0.float())
 
 
 def ddpm_loss(model: Denoiser, batch, step: int, sched, vae=None, scale: float = 1.0):

@@ -21,11 +21,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="resshift", choices=METHODS)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (resshift: 2..T, default T; ddim: 50)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise-scale", type=float, default=1.0,
+                   help="resshift: 1 = the paper's sampler, 0 = no sampling noise (higher PSNR, less detail)")
     p.add_argument("--device", default="auto")
 
 
 def super_resolve_file(input, output, run_dir, method: str = "resshift", steps: int | None = None, seed: int = 0,
-                       device="auto", log=print) -> dict:
+                       device="auto", log=print, noise_scale: float = 1.0) -> dict:
     import numpy as np
 
     from .. import env
@@ -64,7 +66,7 @@ def super_resolve_file(input, output, run_dir, method: str = "resshift", steps: 
         net = ctsr.Regression(cfg) if method == "regression" else ctsr.build_denoiser(cfg, "eps" if method == "ddim" else "x0")
         load_weights(run.path, stage, net, ema=True, log=lambda m: None)
         res = ctsr_infer.super_resolve(y, method, cfg, model=net, vae=vae, scale=scale, steps=steps, seed=seed,
-                                       device=dev, progress=sys.stderr.isatty())
+                                       device=dev, progress=sys.stderr.isatty(), noise_scale=noise_scale)
     phys = V.unit_to_hu(res.volume, window) if vol.intensity == "HU" else V.unit_to_raw(res.volume, *window)
     affine = ts.thin_affine(vol.affine, r, off)
     V.write_nifti(np.asarray(phys, dtype=np.float32), affine, output)
@@ -77,7 +79,8 @@ def super_resolve_file(input, output, run_dir, method: str = "resshift", steps: 
 
 def run_cli(args) -> int:
     try:
-        super_resolve_file(args.input, args.output, args.run, args.method, args.steps, args.seed, args.device)
+        super_resolve_file(args.input, args.output, args.run, args.method, args.steps, args.seed, args.device,
+                           noise_scale=args.noise_scale)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -69,21 +69,26 @@ def decode_volume(vae, z: torch.Tensor, scale: float, cfg: dict, device="cpu") -
 
 @torch.no_grad()
 def resshift_sample(model, sched, y: torch.Tensor, cfg: dict, steps: int | None = None, seed: int = 0,
-                    device="cpu", progress: bool = True) -> tuple[torch.Tensor, int]:
+                    device="cpu", progress: bool = True, noise_scale: float = 1.0) -> tuple[torch.Tensor, int]:
     """The ResShift chain over a whole (1, C, ...) condition y: x_{T-1} = y + kappa sqrt(eta_{T-1}) eps, then
-    one posterior step per visited t, x0_hat assembled from Gaussian-blended windows."""
+    one posterior step per visited t, x0_hat assembled from Gaussian-blended windows.
+
+    ``noise_scale`` multiplies the prior's and every posterior step's noise (1: the paper's sampler; 0: a
+    deterministic chain; this kit's option, the usual perception-distortion knob of diffusion SR)."""
     model.eval()
     sched.set_timesteps(steps)
     g = torch.Generator().manual_seed(seed)
     c = y.shape[1]
     roi = latent_window(cfg) if cfg["space"] == "latent" else cfg["window"]
     clip = 1.0 if cfg["space"] == "pixel" else None  # the official sampler clamps x0_hat in pixel space only
-    x = sched.prior_sample(y, torch.randn(y.shape, generator=g))
+    x = sched.prior_sample(y, noise_scale * torch.randn(y.shape, generator=g))
     for t in tqdm(sched.timesteps.tolist(), desc="ResShift", disable=not progress, leave=False):
         tt = torch.tensor([t], device=device)
         inp = torch.cat([sched.scale_model_input(x, t), y], 1)
-        x0_hat = windows(lambda w: model(w[:, :c], tt, w[:, c:]).float(), inp, roi, cfg, device)
-        x = sched.step(x0_hat, t, x, generator=g, clip=clip).prev_sample
+        out = windows(lambda w: model(w[:, :c], tt, w[:, c:]).float(), inp, roi, cfg, device)
+        x0_hat = ctsr.predict_x0(model, sched, x, t, y, cfg, net_out=out)
+        noise = noise_scale * torch.randn(x.shape, generator=g)
+        x = sched.step(x0_hat, t, x, noise=noise, clip=clip).prev_sample
     return x, len(sched.timesteps)
 
 
@@ -106,7 +111,8 @@ def ddim_sample(model, y: torch.Tensor, cfg: dict, steps: int = 50, seed: int = 
 
 
 def super_resolve(y_unit: np.ndarray, method: str, cfg: dict, *, model=None, vae=None, scale: float = 1.0,
-                  steps: int | None = None, seed: int = 0, device="cpu", progress: bool = True) -> SRResult:
+                  steps: int | None = None, seed: int = 0, device="cpu", progress: bool = True,
+                  noise_scale: float = 1.0) -> SRResult:
     """One method over a whole thin-grid condition y (X, Y, Z) in [-1, 1] (thick slices interpolated along z).
 
     method: "resshift" (``steps`` None = all T), "ddim" (``steps``), "regression", "vae" (the VAE round trip of
@@ -130,7 +136,7 @@ def super_resolve(y_unit: np.ndarray, method: str, cfg: dict, *, model=None, vae
         model = model.to(device)
         cond = encode_volume(vae, y, scale, cfg, device) if latent else y
         if method == "resshift":
-            x0, nfe = resshift_sample(model, ctsr.scheduler(cfg), cond, cfg, steps, seed, device, progress)
+            x0, nfe = resshift_sample(model, ctsr.scheduler(cfg), cond, cfg, steps, seed, device, progress, noise_scale)
         else:
             x0, nfe = ddim_sample(model, cond, cfg, steps or cfg["ddim_steps"], seed, device, progress)
         out = decode_volume(vae, x0, scale, cfg, device) if latent else x0

@@ -92,12 +92,14 @@ base = run.load_config("data_vae", needed_by="ResShift training")
 cfg = ctsr.config(profile, **{k: base[k] for k in ("data", "factor", "slice_profile", "space", "seed")},
                   resshift=resshift, conditioning=conditioning, residual=residual, sr_steps=sr_steps)
 dev = env.pick_device(device)
-run.save_config("resshift", cfg)
-print(ctsr.describe(cfg))
 patches = srdata.patch_dataset(srdata.load_sr_data(cfg), cfg)
+print(ctsr.describe(cfg))
 
 # %% [markdown]
-# ## The frozen VAE (latent space only)
+# ## The frozen VAE (latent space only), and the residual's variance
+# The skip connection $\hat x_0 = y + c(t)\,(x_t - y) + f$ (this kit's, declared) uses the best linear
+# estimate of $x_0$ from $x_t$ given $y$: $c(t) = (1-\eta_t)\,v / ((1-\eta_t)^2 v + \kappa^2\eta_t)$ with
+# $v = \mathrm{var}(x_0 - y)$ over the training patches (in the denoiser's space), stored in the config.
 
 # %%
 vae, scale = None, 1.0
@@ -106,7 +108,10 @@ if cfg["space"] == "latent":
     load_weights(run.path, "vae", vae, ema=True)
     vae = vae.to(dev).eval().requires_grad_(False)
     scale = run.metrics()["vae"]["scale"]
-print(f"space {cfg['space']}, latent scale {scale:.4f}")
+if cfg["skip"]:
+    cfg["residual_var"] = ctsr.residual_variance_in_space(patches, vae, scale)
+run.save_config("resshift", cfg)
+print(f"space {cfg['space']}, latent scale {scale:.4f}, var(x0 - y) = {cfg['residual_var']}")
 
 # %% [markdown]
 # ## ResShift training
@@ -116,7 +121,7 @@ print(f"space {cfg['space']}, latent scale {scale:.4f}")
 sched = ctsr.scheduler(cfg)
 print(sched)
 model = ctsr.build_denoiser(cfg)
-trainer, result = ctsr.train_stage(run, "resshift", model, lambda m, b, step: ctsr.resshift_loss(m, b, step, sched, vae, scale),
+trainer, result = ctsr.train_stage(run, "resshift", model, lambda m, b, step: ctsr.resshift_loss(m, b, step, sched, vae, scale, cfg),
                                    patches, cfg, steps=cfg["sr_steps"], lr=cfg["sr_lr"], batch=cfg["sr_batch"],
                                    device=dev, budget_s=budget_s)
 print(result)

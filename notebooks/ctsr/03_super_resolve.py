@@ -29,6 +29,7 @@
 # | `regression` | BasicUNet trained with L1 (the perception-distortion reference) | 1 |
 # | `resshift-T` | ResShift, all $T$ steps | $T$ |
 # | `resshift-k` | the same network, $k$ of the $T$ steps (respaced posterior) | $k$ |
+# | `resshift-T-det`, `resshift-k-det` | the same chains without sampling noise (this kit's option: PSNR over detail) | $T$, $k$ |
 # | `ddim-50` | conventional DDPM (eps) with the same denoiser, DDIM 50 steps | 50 |
 #
 # **How long:** `smoke` seconds; `cpu-demo` about 3 minutes on a 2-core CPU.
@@ -98,12 +99,13 @@ scale = run.metrics()["vae"]["scale"]
 model = ctsr.build_denoiser(cfg)
 load_weights(run.path, "resshift", model, ema=True)
 T = ctsr.scheduler(cfg).num_train_timesteps
-models = {f"resshift-{T}": ("resshift", model, None), f"resshift-{short_steps}": ("resshift", model, short_steps)}
+models = {f"resshift-{T}": ("resshift", model, None, 1.0), f"resshift-{short_steps}": ("resshift", model, short_steps, 1.0),
+          f"resshift-{T}-det": ("resshift", model, None, 0.0), f"resshift-{short_steps}-det": ("resshift", model, short_steps, 0.0)}
 if has_baselines:
     reg, eps_model = ctsr.Regression(cfg), ctsr.build_denoiser(cfg, target="eps")
     load_weights(run.path, "regression", reg, ema=True)
     load_weights(run.path, "ddpm", eps_model, ema=True)
-    models.update({"regression": ("regression", reg, None), f"ddim-{ddim_steps}": ("ddim", eps_model, ddim_steps)})
+    models.update({"regression": ("regression", reg, None, 1.0), f"ddim-{ddim_steps}": ("ddim", eps_model, ddim_steps, 1.0)})
 
 # %% [markdown]
 # ## Super-resolve
@@ -124,8 +126,9 @@ for case in sr_data.test:
     res = ctsr_infer.super_resolve(case.hr[..., r * k0:r * k1], "vae", cfg, vae=vae, scale=scale, device=dev)
     out["vae"] = res.volume[..., region]
     timing["vae"] = {"seconds": res.seconds, "nfe": 2}
-    for name, (method, net, steps) in models.items():
-        res = ctsr_infer.super_resolve(y, method, cfg, model=net, vae=vae, scale=scale, steps=steps, seed=seed, device=dev)
+    for name, (method, net, steps, noise) in models.items():
+        res = ctsr_infer.super_resolve(y, method, cfg, model=net, vae=vae, scale=scale, steps=steps, seed=seed, device=dev,
+                                       noise_scale=noise)
         out[name] = res.volume[..., region]
         timing[name] = {"seconds": res.seconds, "nfe": res.nfe}
         print(f"{case.name}: {name:14s} {res.seconds:7.1f} s, {res.nfe} network calls")

@@ -129,14 +129,14 @@ run.update_metrics("eval", {"methods": table, "windows": [list(r_) for r_ in ran
                             "data": sr_data.label, "ci": f"95% percentile bootstrap over axial slices (n_boot {n_boot})"})
 
 lines = [f"Data: {sr_data.label}; x{sr_data.factor} through-plane; windows {ranges}.",
-         "", f"| method | PSNR {tag} (slices, 95% CI) | d vs cubic | SSIM axial | d vs cubic | SSIM 3D | MAE in mask ({unit}) | "
+         "", f"| method | PSNR {tag} (slices, 95% CI) | d vs cubic | SSIM axial | d vs cubic | SSIM 3D | SSIM 3D in mask | MAE in mask ({unit}) | "
          f"LR-consistency PSNR | z high-band power (dB vs thin) | network calls | seconds |",
-         "|---|---|---|---|---|---|---|---|---|---|---|"]
+         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 fmt = lambda e, k, p=2: f"{e[k]['mean']:.{p}f} [{e[k]['ci95'][0]:.{p}f}, {e[k]['ci95'][1]:.{p}f}]"  # noqa: E731
 for m, e in table.items():
     dp = fmt(e, "slice_psnr_minus_cubic") if m != "cubic" else "-"
     ds = fmt(e, "slice_ssim_minus_cubic", 4) if m != "cubic" else "-"
-    lines.append(f"| {m} | {fmt(e, 'slice_psnr')} | {dp} | {fmt(e, 'slice_ssim', 4)} | {ds} | {e[f'ssim3d_{tag}']:.4f} | "
+    lines.append(f"| {m} | {fmt(e, 'slice_psnr')} | {dp} | {fmt(e, 'slice_ssim', 4)} | {ds} | {e[f'ssim3d_{tag}']:.4f} | {e[f'ssim3d_mask_{tag}']:.4f} | "
                  f"{e[f'mae_{unit}_mask']:.2f} | {e[f'lr_psnr_{tag}']:.2f} | {e['z_hf_ratio_db']:.2f} | "
                  f"{e['network_calls']} | {e['seconds']:.1f} |")
 (run.path / "results.md").write_text("\n".join(lines) + "\n")
