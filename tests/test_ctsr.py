@@ -258,3 +258,58 @@ def test_paired_folders_are_checked_against_factor_and_offset(tmp_path):
     (tmp_path / "thick" / "b.nii.gz").unlink()
     with pytest.raises(VolumeError, match="missing in thick/"):
         srdata.load_sr_data(cfg)
+
+
+# ------------------------------------------------------------------------------------ pretrained VAEs
+def test_maisi_weights_file_loads_into_the_maisi_network(tmp_path):
+    """A tiny MAISI-architecture autoencoder saved as the bundle saves it (a state dict, here nested as some
+    bundle versions do) loads back; intensities go through MAISI's [-1000, 1000] HU -> [0, 1] scaling."""
+    from medkit.nets.pretrained_vae import MaisiVAE, PretrainedVAEError, build_maisi, load_pretrained_vae
+
+    tiny = dict(num_channels=[8, 8, 16], norm_num_groups=8)
+    torch.manual_seed(0)
+    net = build_maisi(**tiny)
+    torch.save({"unet_state_dict": net.state_dict()}, tmp_path / "autoencoder_epoch273.pt")
+    vae = load_pretrained_vae(f"maisi:{tmp_path / 'autoencoder_epoch273.pt'}", (-1024, 3071), maisi_overrides=tiny)
+    assert isinstance(vae, MaisiVAE) and vae.factors == (4, 4, 4)
+    x = torch.rand(1, 1, 16, 16, 16) * 2 - 1
+    mu, sigma = vae.encode(x)
+    assert mu.shape == (1, 4, 4, 4, 4) and vae.decode(mu).shape == x.shape
+    torch.testing.assert_close(mu, net.encode(vae._to_maisi(x))[0])
+    hu = torch.tensor([-1024.0, -1000.0, 0.0, 1000.0, 3071.0])
+    unit = (hu + 1024) / 4095 * 2 - 1
+    assert torch.allclose(vae._to_maisi(unit), torch.tensor([0.0, 0.0, 0.5, 1.0, 1.0]), atol=1e-6)
+    with pytest.raises(PretrainedVAEError, match="does not exist. Download MONAI's MAISI bundle"):
+        load_pretrained_vae(f"maisi:{tmp_path / 'missing.pt'}")
+    with pytest.raises(PretrainedVAEError, match="do not fit MAISI's autoencoder"):
+        load_pretrained_vae(f"maisi:{tmp_path / 'autoencoder_epoch273.pt'}")  # the full-size network
+
+
+def test_diffusers_2d_vae_applied_slice_by_slice(tmp_path):
+    """A tiny 2D diffusers AutoencoderKL saved with save_pretrained (2 input channels, as the complex-MRI
+    autoencoder) encodes a volume slice by slice: latents downsampled in-plane only; a missing id says what to do."""
+    from diffusers import AutoencoderKL
+
+    from medkit.nets.pretrained_vae import PretrainedVAEError, SliceVAE, load_pretrained_vae
+
+    torch.manual_seed(0)
+    ae = AutoencoderKL(in_channels=2, out_channels=2, latent_channels=4, block_out_channels=(8, 16),
+                       down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                       norm_num_groups=8, layers_per_block=1)
+    ae.save_pretrained(tmp_path / "mri-autoencoder")
+    vae = load_pretrained_vae(f"diffusers:{tmp_path / 'mri-autoencoder'}")
+    assert isinstance(vae, SliceVAE) and vae.factors == (2, 2, 1)
+    x = torch.rand(1, 1, 16, 12, 5) * 2 - 1
+    mu, _ = vae.encode(x)
+    assert mu.shape == (1, 4, 8, 6, 5)
+    slice3 = torch.cat([x[..., 3], torch.zeros_like(x[..., 3])], 1)  # (1, 2, 16, 12): real part, zero imaginary
+    torch.testing.assert_close(mu[..., 3], ae.encode(slice3).latent_dist.mean, atol=1e-5, rtol=1e-5)
+    assert vae.decode(mu).shape == x.shape
+    # through the whole-volume path: latent windows follow the (2, 2, 1) grid
+    cfg = ctsr.config("smoke", vae_factors=(2, 2, 1), latent_channels=4)
+    out = ctsr_infer.super_resolve(x[0, 0].numpy(), "vae", cfg, vae=vae, scale=1.0, progress=False)
+    assert out.volume.shape == (16, 12, 5)
+    with pytest.raises(PretrainedVAEError, match="huggingface-cli download no-such/autoencoder"):
+        load_pretrained_vae("diffusers:no-such/autoencoder")
+    with pytest.raises(ValueError, match="use 'maisi:PATH"):
+        load_pretrained_vae("vqgan:x")

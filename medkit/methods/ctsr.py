@@ -93,6 +93,8 @@ COMMON: dict[str, Any] = dict(
     test_slab=(0.45, 0.7),    # one volume: the held-out slab, as fractions of its height (z)
     min_foreground=0.3,       # a training patch needs this fraction of body/brain voxels
     latent_channels=4,
+    vae_from=None,            # None: train the kit's 3D VAE | "maisi:PATH.pt" | "diffusers:FOLDER_OR_HUB_ID" (2D, slice by slice)
+    vae_factors=None,         # VAE downsampling per axis; None: (4, 4, 4) (set from the pretrained VAE when vae_from)
     kl_weight=1e-6,           # beta_KL of the VAE (KL summed over latent elements, batch mean)
     resshift="v1",            # "v1"/"v2" (T = 15, kappa 2, p 0.3, min noise 0.04) | "v3" (T = 4, min noise 0.2)
     kappa=None,               # ResShift's noise scale kappa; None: the preset's (2.0)
@@ -101,6 +103,7 @@ COMMON: dict[str, Any] = dict(
     skip=True,                # x0_hat += c(t) (x_t - y), the best linear estimate's skip (declared departure)
     residual_var=None,        # var(x0 - y) over the training patches, for the skip; set by notebook 2
     num_train_timesteps=1000, # the DDPM baseline's T (linear betas 1e-4..0.02, eps-prediction)
+    intensity_window=None,    # the physical range mapped to [-1, 1], recorded by notebook 1 (a pretrained VAE needs it)
     overlap=None,             # sliding-window overlap; None: 0.5 in latent space (keeps window starts on the VAE's
                               # 4-voxel grid), 0.25 in pixel space (fewer windows)
     ema_decay=0.999,
@@ -133,12 +136,35 @@ def config(profile: str = "cpu-demo", **overrides) -> dict:
     for name, ok, what in checks:
         if not ok:
             raise ValueError(f"CT-SR setting {name}={cfg[name]!r}: use {what}")
-    down = 2 ** (len(cfg["unet_channels"]) - 1) * (VAE_FACTOR if cfg["space"] == "latent" else 1)
+    if cfg["vae_factors"] is None and not str(cfg["vae_from"] or "").startswith("diffusers:"):
+        cfg["vae_factors"] = (VAE_FACTOR,) * 3
+    halvings = 2 ** (len(cfg["unet_channels"]) - 1)
+    f = vae_factors(cfg) if cfg["space"] == "latent" else (1, 1, 1)
     for name in ("patch", "window"):
-        if any(p % down for p in cfg[name]):
-            raise ValueError(f"{name}={cfg[name]}: every side must be a multiple of {down} (the UNet's "
-                             f"{len(cfg['unet_channels']) - 1} halvings{' x the VAE factor 4' if down % 4 == 0 and cfg['space'] == 'latent' else ''})")
+        need = tuple(halvings * fi for fi in f)
+        if any(p % n for p, n in zip(cfg[name], need)):
+            raise ValueError(f"{name}={cfg[name]}: each side must be a multiple of {need} (the UNet's "
+                             f"{len(cfg['unet_channels']) - 1} halvings x the VAE's downsampling {f} in latent space)")
     return cfg
+
+
+def vae_factors(cfg: dict) -> tuple[int, int, int]:
+    """The VAE's downsampling per axis: (4, 4, 4) for the kit's and MAISI's 3D VAEs, (f, f, 1) for a 2D one."""
+    return tuple(cfg.get("vae_factors") or (VAE_FACTOR,) * 3)
+
+
+def load_vae(run, cfg: dict, device="cpu") -> nn.Module:
+    """The frozen VAE of a run: the pretrained one ``vae_from`` names, or the kit's 3D VAE trained in notebook 1."""
+    if cfg.get("vae_from"):
+        from ..nets.pretrained_vae import load_pretrained_vae
+
+        vae = load_pretrained_vae(cfg["vae_from"], tuple(cfg.get("intensity_window") or (-1024.0, 3071.0)))
+    else:
+        from ..train import load_weights
+
+        vae = build_vae(cfg)
+        load_weights(run.path, "vae", vae, ema=True, log=lambda m: None)
+    return vae.to(device).eval().requires_grad_(False)
 
 
 def scheduler(cfg: dict) -> ResShiftScheduler:

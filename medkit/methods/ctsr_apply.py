@@ -59,8 +59,7 @@ def super_resolve_file(input, output, run_dir, method: str = "resshift", steps: 
     else:
         vae, scale, net = None, 1.0, None
         if cfg["space"] == "latent":
-            vae = ctsr.build_vae(cfg)
-            load_weights(run.path, "vae", vae, ema=True, log=lambda m: None)
+            vae = ctsr.load_vae(run, cfg, dev)
             scale = run.metrics()["vae"]["scale"]
         stage = {"resshift": "resshift", "ddim": "ddpm", "regression": "regression"}[method]
         net = ctsr.Regression(cfg) if method == "regression" else ctsr.build_denoiser(cfg, "eps" if method == "ddim" else "x0")

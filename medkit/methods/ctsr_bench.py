@@ -50,8 +50,7 @@ def _volume_once(run_dir: str, crop_x: int | None, steps: int | None) -> dict:
     load_weights(run.path, "resshift", model, ema=True, log=lambda m: None)
     vae, scale = None, 1.0
     if cfg["space"] == "latent":
-        vae = ctsr.build_vae(cfg)
-        load_weights(run.path, "vae", vae, ema=True, log=lambda m: None)
+        vae = ctsr.load_vae(run, cfg)
         scale = run.metrics()["vae"]["scale"]
     base = _peak_rss_gib()
     res = ctsr_infer.super_resolve(y, "resshift", cfg, model=model, vae=vae, scale=scale, steps=steps, progress=False)
@@ -121,7 +120,7 @@ def estimate(profile: str = "t4") -> dict:
                   "activations_gib": act / gib, "total_gib": (20 * n + act) / gib, "seconds": time.perf_counter() - t0}
     del vae, x
     model = ctsr.build_denoiser(cfg).train()
-    lat = [p // ctsr.VAE_FACTOR for p in cfg["patch"]] if cfg["space"] == "latent" else list(cfg["patch"])
+    lat = [p // f for p, f in zip(cfg["patch"], ctsr.vae_factors(cfg))] if cfg["space"] == "latent" else list(cfg["patch"])
     c = ctsr.channels_of(cfg)
     batch = {"hr": torch.randn(cfg["sr_batch"], c, *lat), "y": torch.randn(cfg["sr_batch"], c, *lat)}
     act = saved_bytes(lambda: ctsr.resshift_loss(model, batch, 0, ctsr.scheduler(cfg)))

@@ -31,10 +31,12 @@ class SRResult:
     nfe: int             # network evaluations over the whole volume (denoiser calls per window count once)
 
 
-def pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """Replicate-pad the last three dims up to multiples of m; returns the padded tensor and the old size."""
+def pad_to_multiple(x: torch.Tensor, m) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """Replicate-pad the last three dims up to multiples of m (an int or one per axis); returns the padded tensor
+    and the old size."""
     size = tuple(x.shape[-3:])
-    pad = [(-s) % m for s in size]
+    m = (m,) * 3 if isinstance(m, int) else tuple(m)
+    pad = [(-s) % mi for s, mi in zip(size, m)]
     if any(pad):
         x = F.pad(x, (0, pad[2], 0, pad[1], 0, pad[0]), mode="replicate")
     return x, size
@@ -53,7 +55,7 @@ def windows(fn, x: torch.Tensor, roi, cfg: dict, device="cpu") -> torch.Tensor:
 
 
 def latent_window(cfg: dict):
-    return tuple(w // ctsr.VAE_FACTOR for w in cfg["window"])
+    return tuple(w // f for w, f in zip(cfg["window"], ctsr.vae_factors(cfg)))
 
 
 @torch.no_grad()
@@ -119,7 +121,8 @@ def super_resolve(y_unit: np.ndarray, method: str, cfg: dict, *, model=None, vae
     the given volume: pass the real thin volume as ``y_unit`` for the latent ceiling).
     """
     t0 = time.perf_counter()
-    m = max(16, ctsr.VAE_FACTOR * 2 ** (len(cfg["unet_channels"]) - 1))  # 16: BasicUNet's four halvings
+    halvings = 2 ** (len(cfg["unet_channels"]) - 1)
+    m = tuple(max(16, f * halvings) for f in ctsr.vae_factors(cfg))  # 16: BasicUNet's four halvings
     y, size = pad_to_multiple(torch.as_tensor(y_unit, dtype=torch.float32)[None, None], m)
     latent = cfg["space"] == "latent" and method in ("resshift", "ddim")
     nfe = 0

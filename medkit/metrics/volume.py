@@ -193,6 +193,24 @@ def ssim3d_masked(sr, hr, mask, data_range_hu=CT_RANGE_HU, win: int = 7) -> floa
     return float(smap[m].mean())
 
 
+def ssim_axial_masked(sr, hr, mask, data_range_hu=CT_RANGE_HU, win: int = 7) -> np.ndarray:
+    """Per axial slice, the 2D SSIM map (as :func:`ssim3d_masked`) averaged over the slice's mask voxels;
+    NaN for slices without mask voxels."""
+    from skimage.metrics import structural_similarity
+
+    a, b = _pair(sr, hr, "ssim_axial_masked")
+    lo, hi = _window(data_range_hu, "ssim_axial_masked")
+    m = _mask(mask, a.shape, "ssim_axial_masked")
+    a01, b01 = _unit(a, lo, hi), _unit(b, lo, hi)
+    out = np.full(a.shape[2], np.nan)
+    for k in range(a.shape[2]):
+        if m[:, :, k].any():
+            _, smap = structural_similarity(a01[:, :, k], b01[:, :, k], win_size=win, data_range=1.0, full=True,
+                                            use_sample_covariance=False)
+            out[k] = smap[m[:, :, k]].mean()
+    return out
+
+
 def ssim_axial(sr, hr, data_range_hu=CT_RANGE_HU, win: int = 7, kernel: str = "uniform",
                sigma: float = 1.5) -> AxialSSIM:
     """2D SSIM of each axial slice ``[:, :, k]`` (same clipping, [0, 1] mapping and window as

@@ -73,6 +73,7 @@ factor = 4             # r: thin slices per thick slice (2..8)
 slice_profile = "gaussian"  # simulated thick slices: "gaussian" (FWHM of r thin slices) | "box"
 space = None           # "latent" (the seed's design) | "pixel" (no VAE ceiling); None: profile (cpu-demo pixel, t4 latent)
 vae_steps = None       # VAE optimiser steps; None: the profile value
+vae_from = None        # None: train the kit's 3D VAE | "maisi:PATH.pt" (MONAI MAISI) | "diffusers:FOLDER_OR_HUB_ID" (2D)
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15m on Kaggle, none elsewhere
 
@@ -85,13 +86,12 @@ from medkit.data import srdata
 from medkit.methods import ctsr, ctsr_infer
 from medkit.metrics import volume as vm
 from medkit.run import RunDir
-from medkit.train import load_weights
 
 print(env.describe())
 run = RunDir(run_dir, default_name=f"ctsr-{profile}")
-cfg = ctsr.config(profile, data=data, factor=factor, slice_profile=slice_profile, space=space, vae_steps=vae_steps)
+cfg = ctsr.config(profile, data=data, factor=factor, slice_profile=slice_profile, space=space, vae_steps=vae_steps,
+                  vae_from=vae_from)
 dev = env.pick_device(device)
-run.save_config("data_vae", cfg)
 print(f"run directory: {run.path}\n{ctsr.describe(cfg)}")
 
 # %% [markdown]
@@ -107,6 +107,7 @@ print(f"intensity {sr_data.intensity}, window {sr_data.window}; {ctsr.thin_spaci
 print(f"thin volume {case.hr.shape}, thick {case.lr.shape}, thin slice r*k + {sr_data.offset} = thick slice k")
 patches = srdata.patch_dataset(sr_data, cfg)
 print(f"{len(patches)} training patches of {cfg['patch']}")
+cfg["intensity_window"] = list(sr_data.window)
 run.update_metrics("data", {"label": sr_data.label, "split": sr_data.split, "thin_shape": list(case.hr.shape),
                             "thick_shape": list(case.lr.shape), "factor": sr_data.factor, "offset": sr_data.offset,
                             "intensity": sr_data.intensity, "window": list(sr_data.window),
@@ -126,13 +127,25 @@ fig = viz.volume_views({"thin (target)": case.hr, "thick slices (repeated)": nea
 # %% [markdown]
 # ## The 3D VAE
 # Trained on thin patches whatever the `space`: its round trip is the latent ceiling every result is set beside.
+# With `vae_from` a pretrained autoencoder is loaded instead (frozen, not trained here): MONAI's MAISI CT VAE, or a
+# 2D diffusers AutoencoderKL applied slice by slice (latents downsampled in-plane only).
 
 # %%
-vae = ctsr.build_vae(cfg)
-trainer, result = ctsr.train_stage(run, "vae", vae, lambda m, b, step: ctsr.vae_loss(m, b, step, cfg), patches, cfg,
-                                   steps=cfg["vae_steps"], lr=cfg["vae_lr"], batch=cfg["vae_batch"], device=dev,
-                                   budget_s=budget_s)
-print(result)
+if cfg["vae_from"]:
+    from medkit.nets.pretrained_vae import load_pretrained_vae
+
+    vae = load_pretrained_vae(cfg["vae_from"], tuple(cfg["intensity_window"]))
+    cfg["vae_factors"], cfg["latent_channels"] = list(vae.factors), vae.latent_channels
+    cfg = ctsr.config(profile, **{k: v for k, v in cfg.items() if k not in ("method", "profile")})  # re-check sizes
+    result = None
+    print(f"pretrained VAE {cfg['vae_from']}: downsampling {vae.factors}, {vae.latent_channels} latent channels")
+else:
+    vae = ctsr.build_vae(cfg)
+    trainer, result = ctsr.train_stage(run, "vae", vae, lambda m, b, step: ctsr.vae_loss(m, b, step, cfg), patches,
+                                       cfg, steps=cfg["vae_steps"], lr=cfg["vae_lr"], batch=cfg["vae_batch"],
+                                       device=dev, budget_s=budget_s)
+    print(result)
+run.save_config("data_vae", cfg)
 
 # %% [markdown]
 # ## Latent scale and round trip on the held-out slab
@@ -140,16 +153,15 @@ print(result)
 # $D(E(x))$ of the real thin slab, by Gaussian-blended windows as at inference.
 
 # %%
-vae_meta = load_weights(run.path, "vae", vae, ema=True)
-vae = vae.to(dev).eval().requires_grad_(False)
+vae = ctsr.load_vae(run, cfg, dev)
 scale = ctsr.latent_scale(vae, patches, device=dev)
 a, b = case.test_z
 recon = ctsr_infer.super_resolve(case.hr[..., a:b], "vae", cfg, vae=vae, scale=scale, device=dev).volume
 phys = sr_data.to_physical
 rng = tuple(sr_data.window)
 unit = "hu" if sr_data.intensity == "HU" else "raw"
-vae_metrics = {"scale": scale, "params": ctsr.count(vae), "steps": result.step,
-               "train_seconds": result.seconds,
+vae_metrics = {"scale": scale, "params": ctsr.count(vae), "steps": result.step if result else 0,
+               "train_seconds": result.seconds if result else 0.0, "from": cfg["vae_from"] or "trained here",
                f"roundtrip_psnr_{unit}_window": vm.psnr(phys(recon), phys(case.hr[..., a:b]), rng),
                "roundtrip_ssim3d": vm.ssim3d(phys(recon), phys(case.hr[..., a:b]), rng),
                "roundtrip_mae_" + unit: vm.mae(phys(recon), phys(case.hr[..., a:b]))}

@@ -84,12 +84,12 @@ from medkit import env, viz
 from medkit.data import srdata
 from medkit.methods import ctsr
 from medkit.run import RunDir
-from medkit.train import load_weights
 
 print(env.describe())
 run = RunDir(run_dir, default_name=f"ctsr-{profile}")
 base = run.load_config("data_vae", needed_by="ResShift training")
-cfg = ctsr.config(profile, **{k: base[k] for k in ("data", "factor", "slice_profile", "space", "seed")},
+cfg = ctsr.config(profile, **{k: base[k] for k in ("data", "factor", "slice_profile", "space", "seed", "vae_from",
+                                                   "vae_factors", "latent_channels", "intensity_window")},
                   resshift=resshift, conditioning=conditioning, residual=residual, sr_steps=sr_steps)
 dev = env.pick_device(device)
 patches = srdata.patch_dataset(srdata.load_sr_data(cfg), cfg)
@@ -104,9 +104,7 @@ print(ctsr.describe(cfg))
 # %%
 vae, scale = None, 1.0
 if cfg["space"] == "latent":
-    vae = ctsr.build_vae(cfg)
-    load_weights(run.path, "vae", vae, ema=True)
-    vae = vae.to(dev).eval().requires_grad_(False)
+    vae = ctsr.load_vae(run, cfg, dev)
     scale = run.metrics()["vae"]["scale"]
 if cfg["skip"]:
     cfg["residual_var"] = ctsr.residual_variance_in_space(patches, vae, scale)

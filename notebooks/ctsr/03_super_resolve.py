@@ -93,8 +93,7 @@ has_baselines = (run.path / "checkpoints" / "ddpm" / "latest").exists()
 # ## Trained networks
 
 # %%
-vae = ctsr.build_vae(cfg)
-load_weights(run.path, "vae", vae, ema=True)
+vae = ctsr.load_vae(run, cfg, dev)
 scale = run.metrics()["vae"]["scale"]
 model = ctsr.build_denoiser(cfg)
 load_weights(run.path, "resshift", model, ema=True)
