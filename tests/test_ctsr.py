@@ -46,6 +46,10 @@ def test_simulated_thick_slices_blur_then_decimate():
     assert 0 < ts.simulate_thick(spike, 4)[0, 0, 4] < 1
     with pytest.raises(ts.ThickSliceError, match="factor=1"):
         ts.simulate_thick(vol, 1)
+    with pytest.raises(ts.ThickSliceError, match="offset=4: must be in 0..3"):
+        ts.simulate_thick(vol, 4, offset=4)
+    with pytest.raises(ts.ThickSliceError, match="a volume of 3 slices is too thin for factor 4"):
+        ts.simulate_thick(vol[..., :3], 4)
 
 
 @pytest.mark.parametrize("kind", ["linear", "cubic"])
@@ -258,6 +262,9 @@ def test_paired_folders_are_checked_against_factor_and_offset(tmp_path):
     d = srdata.load_sr_data(cfg)
     assert [c.name for c in d.train] == ["a.nii.gz"] and [c.name for c in d.test] == ["b.nii.gz"]
     assert d.offset == 2 and np.allclose(d.cases[0].y[..., 2::4], d.cases[0].lr, atol=1e-5)
+    write_nifti(thin[:8, :, 2::4], np.diag([1.0, 1.0, 4.0, 1.0]), tmp_path / "thick" / "b.nii.gz")
+    with pytest.raises(VolumeError, match=r"is \(8, 16\) in-plane but .* is \(16, 16\)"):
+        srdata.load_sr_data(cfg)
     (tmp_path / "thick" / "b.nii.gz").unlink()
     with pytest.raises(VolumeError, match="missing in thick/"):
         srdata.load_sr_data(cfg)
