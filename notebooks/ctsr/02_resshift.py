@@ -88,8 +88,8 @@ from medkit.run import RunDir
 print(env.describe())
 run = RunDir(run_dir, default_name=f"ctsr-{profile}")
 base = run.load_config("data_vae", needed_by="ResShift training")
-cfg = ctsr.config(profile, **{k: base[k] for k in ("data", "factor", "slice_profile", "space", "seed", "vae_from",
-                                                   "vae_factors", "latent_channels", "intensity_window")},
+cfg = ctsr.config(profile, **{k: base.get(k) for k in ("data", "factor", "slice_profile", "space", "seed", "vae_from",
+                                                       "vae_factors", "latent_channels", "intensity_window")},
                   resshift=resshift, conditioning=conditioning, residual=residual, sr_steps=sr_steps)
 dev = env.pick_device(device)
 patches = srdata.patch_dataset(srdata.load_sr_data(cfg), cfg)

@@ -132,7 +132,7 @@ for case in sr_data.test:
         timing[name] = {"seconds": res.seconds, "nfe": res.nfe}
         print(f"{case.name}: {name:14s} {res.seconds:7.1f} s, {res.nfe} network calls")
     np.savez_compressed(run.samples / f"sr_{case.name.split('.')[0]}.npz", **out, thick=case.lr[..., a // r:b // r],
-                        z_range=np.array([a, b]), factor=r, offset=off)
+                        z_range=np.array([a, b]), factor=r, offset=off, n_thin=case.hr.shape[2])
     # the ResShift volume as NIfTI, in physical units, on the thin grid of the region
     aff = case.affine.copy()
     aff[:3, 3] = aff[:3, 3] + a * aff[:3, 2]

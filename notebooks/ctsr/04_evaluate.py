@@ -88,11 +88,16 @@ timing = run.metrics()["super_resolve"]["timing"]
 rows, per_slice = {}, {}
 for f in files:
     z = np.load(f)
-    methods = [k for k in z.files if k not in ("thin", "thick", "z_range", "factor", "offset")]
-    hr, thick = z["thin"], z["thick"]
+    methods = [k for k in z.files if k not in ("thin", "thick", "z_range", "factor", "offset", "n_thin")]
+    # a region reaching the end of its volume loses its end slices (one thick slice, r thin ones: interpolation is
+    # clamped there), as RPLHR-CT scores; a held-out slab inside a volume has context on both sides and keeps all
+    r, (z0, z1) = int(z["factor"]), z["z_range"]
+    drop = r if z0 == 0 or z1 >= (int(z["n_thin"]) if "n_thin" in z.files else z1 + 1) else 0
+    keep, keep_thick = slice(drop, z["thin"].shape[2] - drop), slice(drop // r, z["thick"].shape[2] - drop // r)
+    hr, thick = z["thin"][..., keep], z["thick"][..., keep_thick]
     mask = vm.body_mask(phys(hr), -500.0 if ct else sr_data.window[0] + 0.1 * (sr_data.window[1] - sr_data.window[0]))
     for m in methods:
-        sr = z[m]
+        sr = z[m][..., keep]
         rep = vm.sr_report(phys(sr), phys(hr), mask=mask, ranges=ranges, unit=unit)
         d = sr_data.degrade(sr)   # re-degraded: same slice profile and offset as the thick slices
         rep[f"lr_psnr_{ranges[0][0]:g}_{ranges[0][1]:g}"] = vm.psnr(phys(d), phys(thick), ranges[0])
@@ -150,7 +155,7 @@ print("\n".join(lines))
 
 # %%
 z = np.load(files[0])
-methods = [k for k in z.files if k not in ("thin", "thick", "z_range", "factor", "offset")]
+methods = [k for k in z.files if k not in ("thin", "thick", "z_range", "factor", "offset", "n_thin")]
 vols = {m: z[m] for m in methods}
 fig = viz.volume_views({"thin": z["thin"], **vols}, path=run.figures / "eval_views.png")
 fig = viz.difference_views(vols, z["thin"], path=run.figures / "eval_differences.png")
