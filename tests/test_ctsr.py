@@ -70,6 +70,7 @@ def test_thin_affine_puts_thin_slice_rk_plus_offset_on_thick_slice_k():
     for k in (0, 4, 11):
         assert np.allclose(thin @ [10, 20, 5 * k + 3, 1], lr_aff @ [10, 20, k, 1])
     assert np.isclose(np.linalg.norm(thin[:3, 2]), 1.0)
+    assert np.allclose(ts.thick_affine(thin, 5, 3), lr_aff)
 
 
 def test_slab_split_and_patches_stay_out_of_the_test_slab():
@@ -137,7 +138,6 @@ def test_resshift_sampler_with_an_oracle_returns_the_target_over_windows():
     windowed assembly and the chain are consistent."""
     cfg = ctsr.config("smoke", space="pixel", residual=False)
     x0 = torch.rand(1, 1, 32, 24, 32) * 2 - 1
-    y = x0 + 0.3 * torch.randn_like(x0)
 
     class Oracle(torch.nn.Module):  # reads x0 from its window of the condition channel
         def forward(self, x_in, t, w_y):
@@ -145,6 +145,16 @@ def test_resshift_sampler_with_an_oracle_returns_the_target_over_windows():
     x, nfe = ctsr_infer.resshift_sample(Oracle(), ctsr.scheduler(cfg), x0, cfg, progress=False)
     assert nfe == 15
     torch.testing.assert_close(x, x0, atol=1e-5, rtol=1e-5)
+
+
+def test_saved_activation_bytes_counts_what_autograd_keeps():
+    """x * w keeps both factors (2 x 6 float32 = 48 bytes); the sum keeps nothing; no_grad keeps nothing."""
+    from medkit.train.bench import saved_activation_bytes
+
+    x, w = torch.randn(2, 3, requires_grad=True), torch.randn(2, 3, requires_grad=True)
+    assert saved_activation_bytes(lambda: (x * w).sum(), dtype=None) == 48
+    with torch.no_grad():
+        assert saved_activation_bytes(lambda: (x * w).sum(), dtype=None) == 0
 
 
 # ------------------------------------------------------------------------------------ notebooks

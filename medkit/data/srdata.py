@@ -50,15 +50,15 @@ class SRData:
     window: tuple[float, float]   # physical range mapped to [-1, 1]
     label: str
     split: str
+    profile: str = "gaussian"     # the slice profile of the simulated (or assumed) thick slices
 
     def to_physical(self, u):
         return V.unit_to_hu(u, self.window) if self.intensity == "HU" else V.unit_to_raw(u, *self.window)
 
-    def degrade(self, vol_unit: np.ndarray) -> np.ndarray:
-        """The forward model on the network's scale: slice profile along z, then decimation."""
-        return ts.simulate_thick(vol_unit, self.factor, self.profile, self.offset)
-
-    profile: str = "gaussian"
+    def degrade(self, vol: np.ndarray) -> np.ndarray:
+        """The forward model: slice profile along z, then decimation. Linear, so any intensity scale works
+        (the network's [-1, 1] or physical units)."""
+        return ts.simulate_thick(vol, self.factor, self.profile, self.offset)
 
     @property
     def train(self) -> list[SRCase]:
@@ -89,7 +89,7 @@ def _pair_dirs(folder: Path):
 
 
 def load_sr_data(cfg: dict) -> SRData:
-    r, data = int(cfg["factor"]), cfg["data"]
+    data = cfg["data"]
     if data == "mni152":
         vol = V.mni152_volume()
         label = f"MNI152 T1 template (real MRI, nilearn), {cfg['voxel_mm']:g} mm: through-plane SR of an MRI, not CT"
@@ -111,17 +111,10 @@ def _single(vol: V.Volume, cfg: dict, label: str, block: int) -> SRData:
     y = ts.upsample_z(lr, r, offset, n_hr=hr.shape[2], kind="cubic")
     split = ts.slab_split(hr.shape[2], cfg["test_slab"], gap=2 * r, min_train=cfg["patch"][2])
     case = SRCase(name=Path(vol.source).name or "volume", hr=hr, lr=lr, y=y, affine=affine,
-                  lr_affine=_thick_affine(affine, r, offset), foreground=_foreground(hr_phys, vol.intensity, window),
+                  lr_affine=ts.thick_affine(affine, r, offset), foreground=_foreground(hr_phys, vol.intensity, window),
                   train_z=split.train, test_z=split.test)
     return SRData(cases=[case], factor=r, offset=offset, intensity=vol.intensity, window=tuple(map(float, window)),
                   label=label, split=split.describe(), profile=cfg["slice_profile"])
-
-
-def _thick_affine(thin_affine: np.ndarray, r: int, offset: int) -> np.ndarray:
-    a = np.array(thin_affine, dtype=np.float64)
-    a[:3, 3] = a[:3, 3] + offset * a[:3, 2]
-    a[:3, 2] = a[:3, 2] * r
-    return a
 
 
 def _pairs(folder: Path, cfg: dict) -> SRData:

@@ -126,6 +126,14 @@ def thin_affine(lr_affine: np.ndarray, r: int, offset: int) -> np.ndarray:
     return a
 
 
+def thick_affine(thin_affine_: np.ndarray, r: int, offset: int) -> np.ndarray:
+    """The inverse of :func:`thin_affine`: the grid of every r-th thin slice from ``offset``, z step x r."""
+    a = np.array(thin_affine_, dtype=np.float64)
+    a[:3, 3] = a[:3, 3] + offset * a[:3, 2]
+    a[:3, 2] = a[:3, 2] * r
+    return a
+
+
 def block_average(vol: np.ndarray, affine: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Down-sample by averaging k x k x k blocks (edges cropped); returns (volume, affine of the new grid)."""
     if k == 1:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -283,16 +282,19 @@ def predict_x0(model: Denoiser, sched: ResShiftScheduler, x_t: torch.Tensor, t, 
     return out
 
 
+def _patch_batches(dataset, n: int, batch: int, device="cpu"):
+    """The first n training patches as stacked {"hr", "y"} batches."""
+    for j in range(0, min(n, len(dataset)), batch):
+        items = [dataset[i] for i in range(j, min(n, len(dataset), j + batch))]
+        yield {k: torch.stack([it[k] for it in items]).to(device) for k in ("hr", "y")}
+
+
 @torch.no_grad()
 def residual_variance_in_space(dataset, vae=None, scale: float = 1.0, n: int = 64, batch: int = 4) -> float:
     """var(x0 - y) over the first n training patches, in the denoiser's space (voxels, or scaled latents):
     how far the interpolated thick slices are from the target - the v of the skip coefficient."""
-    d = []
-    for j in range(0, min(n, len(dataset)), batch):
-        items = [dataset[i] for i in range(j, min(n, len(dataset), j + batch))]
-        x0, y = to_space({k: torch.stack([it[k] for it in items]) for k in ("hr", "y")}, vae, scale)
-        d.append((x0 - y).float())
-    return float(torch.cat(d).pow(2).mean())
+    d = [x0 - y for x0, y in (to_space(b, vae, scale) for b in _patch_batches(dataset, n, batch))]
+    return float(torch.cat(d).float().pow(2).mean())
 
 
 def resshift_loss(model: Denoiser, batch, step: int, sched: ResShiftScheduler, vae=None, scale: float = 1.0,
@@ -320,8 +322,7 @@ def regression_loss(model: Regression, batch, step: int):
 def latent_scale(vae: nn.Module, dataset, n: int = 64, batch: int = 4, device="cpu") -> float:
     """s = 1 / std(mu) over the first n training patches (LDM sec. 4.3.2)."""
     vae.eval()
-    mus = [vae.encode(torch.stack([dataset[i]["hr"] for i in range(j, min(n, len(dataset), j + batch))]).to(device))[0]
-           for j in range(0, min(n, len(dataset)), batch)]
+    mus = [vae.encode(b["hr"])[0] for b in _patch_batches(dataset, n, batch, device)]
     return float(1.0 / torch.cat(mus).float().std())
 
 
@@ -356,6 +357,3 @@ def thin_spacing_note(cfg: dict) -> str:
     return (f"thin {cfg['voxel_mm']:g} mm, thick {cfg['voxel_mm'] * cfg['factor']:g} mm "
             f"({cfg['slice_profile']} slice profile)")
 
-
-def as_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 METHODS = ("resshift", "ddim", "regression", "cubic", "trilinear")
 
@@ -43,7 +42,7 @@ def super_resolve_file(input, output, run_dir, method: str = "resshift", steps: 
     if not data:
         raise FileNotFoundError(f"{run.path / 'metrics.json'} has no 'data' section: run notebook 1 of the run first")
     vol = V.read_volume(input)
-    r, off = int(data["factor"]), int(cfg["factor"]) // 2
+    r, off = int(data["factor"]), int(data["offset"])
     window = tuple(data["window"])
     if (vol.intensity == "HU") != (data["intensity"] == "HU"):
         raise V.VolumeError(f"{input} holds {vol.intensity} intensities but run {run.path} was trained on "

@@ -66,29 +66,28 @@ def _volume_once(run_dir: str, crop_x: int | None, steps: int | None) -> dict:
 
 
 def volume_bench(run_dir: str, steps: int | None = None) -> dict:
-    results = {}
-    for name, crop in (("full", None), ("half_x", "half")):
-        code = ("import json, sys; from medkit.methods import ctsr_bench as b; "
-                f"print(json.dumps(b._volume_once({run_dir!r}, {None if crop is None else 'HALF'}, {steps!r})))")
-        if crop is not None:
-            from ..data import srdata
-            from ..run import RunDir
+    from ..data import srdata
+    from ..run import RunDir
 
-            cfg = RunDir(run_dir).load_config("resshift", needed_by="the volume benchmark")
-            half = srdata.load_sr_data(cfg).cases[0].lr.shape[0] // 2
-            code = code.replace("HALF", str(half))
+    cfg = RunDir(run_dir).load_config("resshift", needed_by="the volume benchmark")
+    half = srdata.load_sr_data(cfg).cases[0].lr.shape[0] // 2
+    results = {}
+    for name, crop in (("full", None), ("half_x", half)):
+        code = ("import json; from medkit.methods import ctsr_bench as b; "
+                f"print(json.dumps(b._volume_once({run_dir!r}, {crop!r}, {steps!r})))")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=3600)
         if r.returncode:
             raise RuntimeError(r.stderr[-3000:])
         results[name] = json.loads(r.stdout.strip().splitlines()[-1])
-    full, half = results["full"], results["half_x"]
-    results["peak_rss_ratio_full_to_half"] = full["peak_rss_gib"] / half["peak_rss_gib"]
-    results["voxels_ratio_full_to_half"] = float(np.prod(full["thin_shape"]) / np.prod(half["thin_shape"]))
+    full, half_ = results["full"], results["half_x"]
+    results["peak_rss_ratio_full_to_half"] = full["peak_rss_gib"] / half_["peak_rss_gib"]
+    results["voxels_ratio_full_to_half"] = float(np.prod(full["thin_shape"]) / np.prod(half_["thin_shape"]))
     results["threads"] = torch.get_num_threads()
     return results
 
 
 def estimate(profile: str = "t4") -> dict:
+    from ..train.bench import saved_activation_bytes
     from . import ctsr
 
     # counted without gradient checkpointing: torch's checkpoint keeps its own saved-tensor hooks, which the
@@ -96,27 +95,13 @@ def estimate(profile: str = "t4") -> dict:
     cfg = ctsr.config(profile, gradient_checkpointing=False)
     gib = 1024 ** 3
 
-    def saved_bytes(fn):
-        seen, total = set(), [0]
-
-        def pack(t):
-            key = (t.data_ptr(), t.numel(), t.dtype)
-            if key not in seen:
-                seen.add(key)
-                total[0] += t.numel() * t.element_size()
-            return t
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
-            out = fn()
-        del out
-        return total[0]
-
     out = {"profile": profile, "method": "estimate: parameter states (5 x 4 B/param) + autograd-saved activations "
                                         "under 16-bit autocast without gradient checkpointing (an upper bound: the "
                                         "profile checkpoints), counted on a CPU; not a GPU measurement"}
     vae = ctsr.build_vae(cfg).train()
     x = torch.randn(cfg["vae_batch"], 1, *cfg["patch"])
     t0 = time.perf_counter()
-    act = saved_bytes(lambda: ctsr.vae_loss(vae, {"hr": x}, 0, cfg)[0])
+    act = saved_activation_bytes(lambda: ctsr.vae_loss(vae, {"hr": x}, 0, cfg)[0])
     n = sum(p.numel() for p in vae.parameters())
     out["vae"] = {"params": n, "batch": cfg["vae_batch"], "patch": list(cfg["patch"]),
                   "gradient_checkpointing_in_count": False, "states_gib": 20 * n / gib,
@@ -126,7 +111,7 @@ def estimate(profile: str = "t4") -> dict:
     lat = [p // f for p, f in zip(cfg["patch"], ctsr.vae_factors(cfg))] if cfg["space"] == "latent" else list(cfg["patch"])
     c = ctsr.channels_of(cfg)
     batch = {"hr": torch.randn(cfg["sr_batch"], c, *lat), "y": torch.randn(cfg["sr_batch"], c, *lat)}
-    act = saved_bytes(lambda: ctsr.resshift_loss(model, batch, 0, ctsr.scheduler(cfg)))
+    act = saved_activation_bytes(lambda: ctsr.resshift_loss(model, batch, 0, ctsr.scheduler(cfg)))
     n = sum(p.numel() for p in model.parameters())
     out["resshift_unet"] = {"params": n, "batch": cfg["sr_batch"], "latent_patch": lat, "states_gib": 20 * n / gib,
                             "activations_gib": act / gib, "total_gib": (20 * n + act) / gib,

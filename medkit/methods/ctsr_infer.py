@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 from tqdm.auto import tqdm
 
+from .. import diffusion
 from . import ctsr
 
 
@@ -100,15 +101,14 @@ def ddim_sample(model, y: torch.Tensor, cfg: dict, steps: int = 50, seed: int = 
     """The conventional baseline: DDIM (eta 0, trailing spacing) from x_T ~ N(0, I), eps from windows."""
     model.eval()
     sched = ctsr.ddpm_scheduler(cfg, "ddim")
-    sched.set_timesteps(steps)
-    g = torch.Generator().manual_seed(seed)
     c = y.shape[1]
     roi = latent_window(cfg) if cfg["space"] == "latent" else cfg["window"]
-    x = torch.randn(y.shape, generator=g)
-    for t in tqdm(sched.timesteps.tolist(), desc="DDIM", disable=not progress, leave=False):
-        tt = torch.tensor([t], device=device)
-        eps = windows(lambda w: model(w[:, :c], tt, w[:, c:]).float(), torch.cat([x, y], 1), roi, cfg, device)
-        x = sched.step(eps, t, x, generator=g).prev_sample
+
+    def eps(x, t):  # the whole volume's eps, from windows of [x_t, y] (the volume stays on the CPU)
+        return windows(lambda w: model(w[:, :c], t.to(w.device), w[:, c:]).float(), torch.cat([x, y], 1), roi, cfg,
+                       device)
+    x = diffusion.sample(eps, sched, tuple(y.shape), num_inference_steps=steps, generator=torch.Generator().manual_seed(seed),
+                         device="cpu", progress=progress, desc="DDIM")
     return x, len(sched.timesteps)
 
 

@@ -416,25 +416,16 @@ def estimate_training_memory(cfg: dict, batch: int | None = None, device="cpu") 
     batch = int(batch or cfg["batch"])
     unet = build_unet(cfg).to(device)
     n_params = sum(p.numel() for p in unet.parameters())
-    saved = {"bytes": 0, "ids": set()}
-
-    def pack(t):
-        key = (t.data_ptr(), t.numel(), t.dtype)
-        if key not in saved["ids"]:
-            saved["ids"].add(key)
-            saved["bytes"] += t.numel() * t.element_size()
-        return t
-
     size = int(cfg["image_size"])
     x = torch.randn(batch, 4 if self_conditioning(cfg) else 2, size, size, device=device)
     t = torch.randint(0, 1000, (batch,), device=device)
     tok = torch.randint(0, 2 * cfg["n_bins"], (batch,), device=device)
+    from ..train.bench import saved_activation_bytes
+
     dtype = torch.bfloat16 if str(device) == "cpu" else torch.float16
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(str(device).split(":")[0], dtype=dtype):
-        out = unet(x, t, class_labels=tok)
-    del out
+    act = saved_activation_bytes(lambda: unet(x, t, class_labels=tok), dtype, device_type=str(device).split(":")[0])
     states = 5 * 4 * n_params
     gib = 1024 ** 3
     return {"params": n_params, "batch": batch, "image_size": size, "states_gib": states / gib,
-            "activations_gib": saved["bytes"] / gib, "total_gib": (states + saved["bytes"]) / gib,
+            "activations_gib": act / gib, "total_gib": (states + act) / gib,
             "method": "estimate: parameter states + autograd-saved activations under 16-bit autocast"}

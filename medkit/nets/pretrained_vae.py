@@ -136,10 +136,13 @@ def load_pretrained_vae(spec: str, window: tuple[float, float] = (-1024.0, 3071.
     else:
         from diffusers import AutoencoderKL
 
+        from .sd import _hub_offline, _hub_reachable
+
         local = Path(where).expanduser()
-        try:
+        try:  # a hub id: the cache only when offline or the hub does not answer (no long network time-outs)
             ae = AutoencoderKL.from_pretrained(str(local) if local.is_dir() else where,
-                                               local_files_only=not local.is_dir() and _offline())
+                                               local_files_only=not local.is_dir() and (_hub_offline() or
+                                                                                        not _hub_reachable()))
         except Exception as e:
             raise PretrainedVAEError(
                 f"vae_from='{spec}': no diffusers AutoencoderKL at {where!r} ({type(e).__name__}: "
@@ -149,8 +152,3 @@ def load_pretrained_vae(spec: str, window: tuple[float, float] = (-1024.0, 3071.
         vae = SliceVAE(ae)
     return vae.eval().requires_grad_(False)
 
-
-def _offline() -> bool:
-    import os
-
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

@@ -22,6 +22,28 @@ from medkit import env
 from medkit.train.loop import Trainer
 
 
+def saved_activation_bytes(fn, dtype: torch.dtype | None = torch.bfloat16, device_type: str = "cpu") -> int:
+    """Bytes of the distinct tensors autograd saves for the backward pass while ``fn()`` runs (under autocast of
+    ``device_type`` to ``dtype`` when given: on a CPU bfloat16 has the bytes of the fp16 a T4 uses), counted with
+    ``torch.autograd.graph.saved_tensors_hooks``. Tensors saved inside ``torch.utils.checkpoint`` use their own
+    hooks and are not seen: count without checkpointing (an upper bound)."""
+    import contextlib
+
+    seen, total = set(), [0]
+
+    def pack(t):
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key not in seen:
+            seen.add(key)
+            total[0] += t.numel() * t.element_size()
+        return t
+    amp = torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp:
+        out = fn()
+    del out
+    return total[0]
+
+
 def _model(width: int) -> nn.Module:
     return nn.Sequential(
         nn.Conv2d(1, width, 3, padding=1), nn.SiLU(),
