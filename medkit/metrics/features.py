@@ -9,6 +9,8 @@ with a ``name`` (it labels every metric computed on its features) and a ``featur
 - ``"vae:RUN_DIR"``: the posterior means of a trained SBLDM VAE (EMA weights), flattened - a
   domain-specific embedding that needs no download. Metrics on it are labelled ``sbldm-vae-latent``
   and reported as Frechet/kernel *distances*, not FID/KID.
+- ``"clip"`` / ``"clip:FOLDER_OR_HUB_ID"``: unit-norm CLIP image embeddings (:mod:`medkit.metrics.clip`),
+  CMMD's features when the model is OpenAI's ViT-L/14@336.
 
 :func:`extract_features` runs an extractor over a tensor, an array, or an iterable of batches (for
 example :func:`iter_image_folder`), so peak memory is set by ``batch_size``, not by the dataset size.
@@ -176,7 +178,7 @@ class VAEFeatures(torch.nn.Module):
 
 
 def get_extractor(name, device=None):
-    """``"inception"``, ``"vae:RUN_DIR"``, or an extractor module (returned as it is)."""
+    """``"inception"``, ``"vae:RUN_DIR"``, ``"clip"`` / ``"clip:SOURCE"``, or an extractor module (returned as is)."""
     if not isinstance(name, str):
         if not hasattr(name, "name"):
             raise TypeError("a custom feature extractor needs a .name attribute (it labels the metrics).")
@@ -187,9 +189,14 @@ def get_extractor(name, device=None):
         ext = InceptionV3FID()
     elif name.startswith("vae:"):
         ext = VAEFeatures(name[4:])
+    elif name == "clip" or name.startswith("clip:"):
+        from medkit.metrics.clip import CLIPFeatures
+
+        ext = CLIPFeatures(name[5:] or None)
     else:
-        raise ValueError(f"features={name!r}: use 'inception' (the FID network; needs its weights file) or "
-                         f"'vae:RUN_DIR' (a trained SBLDM run's VAE encoder).")
+        raise ValueError(f"features={name!r}: use 'inception' (the FID network; needs its weights file), "
+                         f"'vae:RUN_DIR' (a trained SBLDM run's VAE encoder) or 'clip' / 'clip:FOLDER_OR_HUB_ID' "
+                         f"(CMMD's CLIP ViT-L/14@336).")
     if device is not None:
         ext = ext.to(device)
     return ext.eval()

@@ -26,7 +26,8 @@ Does a generator draw lesions of the right sizes and shapes? Compare the *distri
                - 2 sum_{i,j} k(x_i, y_j) / m^2
 
    on ``n_subsets`` = 100 pairs of random subsets of size min(500, n_real, n_fake) (drawn without
-   replacement, independently per side); report their mean and (population) std. NaN, with a warning,
+   replacement, independently per side; :func:`medkit.metrics.distribution.poly_mmd2`, KID's estimator);
+   report their mean and (population) std. NaN, with a warning,
    when either side has fewer than 10 lesions.
 
 The feature extraction here is vectorised over all lesions of a batch of masks (label image, shifted
@@ -50,6 +51,8 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import ConvexHull
 from skimage.measure import grid_points_in_poly
+
+from medkit.metrics.distribution import poly_mmd2  # the kit's one polynomial-kernel MMD (KID's too)
 
 FEATURE_NAMES = ("area", "perimeter", "circularity", "solidity", "extent", "eccentricity",
                  "major_axis_length", "minor_axis_length", "equivalent_diameter")
@@ -203,25 +206,6 @@ def _convex_pixels(points: np.ndarray, shape: tuple[int, int]) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # The MMD
-
-def poly_mmd2(x, y) -> float:
-    """Unbiased MMD^2 with k(a, b) = (a.b / D + 1)^3: diagonals left out of XX and YY, full mean of XY."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(f"poly_mmd2: expected (m, D) and (n, D) features, got {x.shape} and {y.shape}")
-    m, n = len(x), len(y)
-    if m < 2 or n < 2:
-        raise ValueError(f"poly_mmd2 needs at least 2 samples per side (got {m} and {n})")
-    d = x.shape[1]
-
-    def k(a, b):
-        g = a @ b.T / d + 1
-        return g * g * g  # (much) faster than g ** 3
-
-    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
-                 - 2 * kxy.mean())
-
 
 @dataclass
 class MMDMFResult:

