@@ -14,6 +14,7 @@ import torch
 from medkit.data import thickslice as ts
 from medkit.data.volumes import read_nifti, write_nifti
 from medkit.methods import ctsr, ctsr_infer
+from pinned import check_pinned
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -169,6 +170,7 @@ def smoke_run(tmp_path_factory):
 
 def test_smoke_pipeline_outputs(smoke_run):
     m = json.loads((smoke_run / "metrics.json").read_text())
+    check_pinned("ctsr-smoke", m)  # every seeded number, against tests/fixtures/pinned_smoke.json
     assert m["data"]["factor"] == 4 and "MRI, not CT" in m["data"]["label"]
     assert m["resshift"]["T"] == 15 and m["resshift"]["space"] == "latent"
     methods = m["eval"]["methods"]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medkit.eval.results import flatten
+from pinned import check_pinned
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*/*.py"))
@@ -45,6 +46,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_pipeline_outputs(smoke_run):
     out, _ = smoke_run
     m = json.loads((out / "metrics.json").read_text())
+    check_pinned("sbldm-smoke", m)  # every seeded number, against tests/fixtures/pinned_smoke.json
     for section, key in [("vae", "ssim"), ("vae", "psnr"), ("ldm", "final_loss"),
                          ("sampling", "seconds_per_image"), ("latents", "scale")]:
         assert isinstance(flatten(m)[f"{section}.{key}"], float), (section, key)

@@ -11,6 +11,7 @@ from medkit.augment import random_masks
 from medkit.data import pairs
 from medkit.methods import siamese
 from medkit.methods.siamese_bench import literal_loss
+from pinned import check_pinned
 
 
 def _tiny(**over):
@@ -150,6 +151,7 @@ def test_smoke_pipeline_both_backends(smoke_run):
     backend, out = smoke_run
     m = json.loads((out / "metrics.json").read_text())
     assert m["method"] == "siamese" and m["profile"] == "smoke"
+    check_pinned(f"siamese-{backend}-smoke", m)  # every seeded number, against tests/fixtures/pinned_smoke.json
     cfg = json.loads((out / "config" / "train.json").read_text())
     assert cfg["backend"] == backend and cfg["dhi"] is True
     # the per-step loss-term log

