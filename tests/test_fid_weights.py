@@ -206,3 +206,15 @@ def test_packaged_weights_found_on_kaggle_as_an_attached_wheel(monkeypatch, tmp_
     folder.parent.mkdir(parents=True)
     shutil.copy(payload, folder)
     assert _weights.load_pretrained(spec) == ({"w": torch.tensor([30.0])}, str(folder))
+
+
+@needs_wheel
+def test_end_to_end_fid_bench_runs_on_real_weights():
+    """The 2,000 vs 2,000 timing bench (docs/benchmarks.md), at a size CI affords: PNGs written, read back,
+    InceptionV3 features with the real weights, FID with its CI and KID - all computed, named for what they are."""
+    from medkit.metrics.bench import bench_fid_images
+
+    r = bench_fid_images(n=16, size=32, batch_size=8, n_boot=10)
+    assert r["extractor"] == "inception-v3-fid" and r["n_real"] == r["n_generated"] == 16
+    assert r["fid"] > 0 and r["fid_ci95"][0] <= r["fid_ci95"][1] and np.isfinite(r["kid"])
+    assert r["fid_inf"] is None                     # FID_inf needs >= 50 generated images
