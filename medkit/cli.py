@@ -109,6 +109,10 @@ def main(argv=None) -> int:
         from .eval import downstream
 
         return downstream.main(argv[1:])
+    if argv[:1] == ["fidelity"]:  # its own parser: docs/fidelity.md, or one method's deviations
+        from . import fidelity
+
+        return fidelity.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command in ("evaluate", "report"):
         import importlib

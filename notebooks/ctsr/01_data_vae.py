@@ -146,6 +146,9 @@ else:
                                        device=dev, budget_s=budget_s)
     print(result)
 run.save_config("data_vae", cfg)
+from medkit import fidelity
+
+fidelity.show("ctsr", profile, cfg, run=run)  # where this run departs from the sources, and why
 
 # %% [markdown]
 # ## Latent scale and round trip on the held-out slab

@@ -82,6 +82,9 @@ cfg = sbldm.config(profile, data=data, image_size=image_size, vae_steps=vae_step
 run = RunDir(run_dir, default_name=f"sbldm-{profile}")
 dev = env.pick_device(device)
 run.save_config("vae", cfg)
+from medkit import fidelity
+
+fidelity.show("sbldm", profile, cfg, run=run)  # where this run departs from the seed plan, and why
 print(f"run directory: {run.path}")
 print({k: v for k, v in cfg.items()})
 

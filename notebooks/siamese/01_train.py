@@ -172,6 +172,9 @@ scheduler = siamese.build_scheduler(cfg, "ddpm")
 opt, opt_name = siamese.make_optimizer(params, cfg, dev)
 cfg["optimizer"] = opt_name
 run.save_config("train", cfg)
+from medkit import fidelity
+
+fidelity.show("siamese", f"{backend}/{profile}", cfg, run=run)  # where this run departs from the official code, and why
 print(f"UNet {medkit.nets.count_parameters(net.unet) / 1e6:.2f} M, ControlNet "
       f"{medkit.nets.count_parameters(net.controlnet) / 1e6:.2f} M parameters ({'DHI' if cfg['dhi'] else 'standard hint block'}); "
       f"trained: {medkit.nets.count_parameters(params, trainable_only=True) / 1e6:.2f} M with {opt_name}")

@@ -78,6 +78,9 @@ cache = build_lesion_cache(cfg["data"], cfg["image_size"], n_subjects=cfg["n_sub
                            if synthetic else None)
 cfg["cache"] = str(cache)
 run.save_config("cache", cfg)
+from medkit import fidelity
+
+fidelity.show("slimdiff", profile, cfg, run=run)  # where this run departs from the paper, and why
 train, val = LesionSliceDataset(cache, "train"), LesionSliceDataset(cache, "val")
 meta = train.meta
 print(f"cache {cache}: train {len(train)} slices, val {len(val)}; source {meta['source']}"
