@@ -107,3 +107,24 @@ def test_rederive_eps_changes_only_clipped_steps():
     torch.testing.assert_close(early, run(clipped, rederive_eps=True))
     with pytest.raises(ValueError, match="rederive_eps=True needs a DDIM scheduler; DDPMScheduler"):
         run(diffusion.make_scheduler("ddpm"), rederive_eps=True)
+
+
+def test_official_sampler_spacings_are_selectable():
+    """The official samplers' timesteps, by name: Siamese-Diffusion's LDM DDIM (uniform + 1) and SLIM-Diff's
+    MONAI DDIM (uniform + 0); trailing stays the default."""
+    from medkit.methods import sbldm, siamese, slimdiff
+
+    s = siamese.build_scheduler(siamese.config("smoke", "scratch", timestep_spacing="leading"))
+    s.set_timesteps(50)
+    assert s.timesteps.tolist() == list(range(981, 0, -20))
+    s = siamese.build_scheduler(siamese.config("smoke", "scratch"))
+    s.set_timesteps(50)
+    assert s.timesteps[0] == 999 and s.timesteps[-1] == 19
+    s = slimdiff.build_scheduler(slimdiff.config("t4", timestep_spacing="leading"))
+    s.set_timesteps(300)
+    assert s.timesteps[0] == 897 and s.timesteps[-1] == 0 and len(s.timesteps) == 300
+    s = sbldm.build_scheduler(sbldm.config("smoke", timestep_spacing="leading"))
+    s.set_timesteps(50)
+    assert s.timesteps[0] == 980 and s.timesteps[-1] == 0
+    with pytest.raises(ValueError, match="timestep_spacing='uniform'"):
+        slimdiff.build_scheduler(slimdiff.config("smoke", timestep_spacing="uniform"))

@@ -28,8 +28,13 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 def make_scheduler(kind: str = "ddim", *, num_train_timesteps: int = 1000, beta_schedule: str = "linear",
                    beta_start: float = 1e-4, beta_end: float = 0.02, prediction_type: str = "epsilon",
                    timestep_spacing: str = "trailing", clip_sample: bool = False, clip_sample_range: float = 1.0,
-                   trained_betas=None, gamma: float = 1.0):
+                   trained_betas=None, gamma: float = 1.0, steps_offset: int = 0):
     """A diffusers DDPMScheduler or DDIMScheduler.
+
+    timestep_spacing / steps_offset: which T_s of the T timesteps an S-step sampler visits. "trailing"
+    (default): T-1, T-1-T/S, ... - it starts from pure noise (Lin et al., arXiv 2305.08891). "leading":
+    0, T/S, ..., + steps_offset, reversed - the original DDIM/LDM samplers' "uniform" spacing (LDM's
+    ``make_ddim_timesteps`` adds 1: 981, 961, ..., 1 at 50 steps; MONAI's DDIM adds 0: 897, ..., 0 at 300).
 
     beta_schedule: 'linear' (DDPM's [1e-4, 0.02]), 'cosine' (Nichol & Dhariwal, arXiv 2102.09672;
     diffusers' 'squaredcos_cap_v2'), 'scaled_linear' (Stable Diffusion's) or 'gamma'
@@ -60,9 +65,9 @@ def make_scheduler(kind: str = "ddim", *, num_train_timesteps: int = 1000, beta_
                   clip_sample=clip_sample, clip_sample_range=clip_sample_range,
                   timestep_spacing=timestep_spacing, trained_betas=trained_betas)
     if kind == "ddpm":
-        return DDPMScheduler(**common)
+        return DDPMScheduler(**common, steps_offset=int(steps_offset))
     # set_alpha_to_one: the last DDIM step returns x_0 itself (the "final alpha" is 1), as in DDIM's code.
-    return DDIMScheduler(**common, set_alpha_to_one=True, steps_offset=0)
+    return DDIMScheduler(**common, set_alpha_to_one=True, steps_offset=int(steps_offset))
 
 
 def gamma_betas(num_train_timesteps: int = 1000, gamma: float = 1.0, beta_min: float = 1e-4,

@@ -76,6 +76,7 @@ COMMON: dict[str, Any] = dict(
     early_stop=0.0,           # adaptive early-stop threshold of DDIM sampling; 0 = all steps
     ema_decay=0.999,
     sampling_eta=0.0,
+    timestep_spacing="trailing",  # DDIM: "trailing" (starts at T-1) | "leading" (0, T/S, ...; the original DDIM's)
     seed=0,
 )
 
@@ -227,7 +228,8 @@ def build_scheduler(cfg: dict, kind: str = "ddim", clip: float | None = None):
     return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"],
                                     beta_schedule=cfg["beta_schedule"], gamma=cfg.get("schedule_gamma", 1.0),
                                     clip_sample=clip is not None,
-                                    clip_sample_range=float(clip) if clip is not None else 1.0)
+                                    clip_sample_range=float(clip) if clip is not None else 1.0,
+                                    timestep_spacing=cfg.get("timestep_spacing", "trailing"))
 
 
 def ldm_loss(unet, z0: torch.Tensor, step: int, scheduler, cfg: dict | None = None):

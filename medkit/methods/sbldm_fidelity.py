@@ -73,8 +73,9 @@ ROWS = (
     # sampling
     Row("sampler", "sampler", "DDIM, eta 0", "plan", medkit="DDIM, eta 0"),
     Row("sampling steps", "sampler", 50, "plan", key="sampling_steps", why={"smoke": CI}),
-    Row("DDIM timestep spacing", "sampler", NOT_STATED, "plan",
-        medkit="trailing (starts at t = T-1; Lin et al. 2023)",
+    Row("DDIM timestep spacing", "sampler", NOT_STATED, "plan", key="timestep_spacing",
+        get=lambda cfg: {"trailing": "trailing (starts at t = T-1; Lin et al. 2023)",
+                         "leading": "leading (0, T/S, ...: the original DDIM's)"}[cfg["timestep_spacing"]],
         same=_unstated),
     Row("z0 estimate clipped at each step", "sampler", "no", "plan",
         medkit="to the training latents' range (max abs z0)",

@@ -67,6 +67,7 @@ COMMON: dict[str, Any] = dict(
     vae_run="",         # scratch, space="latent": the run directory of an SBLDM run whose VAE stage finished
     num_train_timesteps=1000,
     sampling_steps=50,  # DDIM steps
+    timestep_spacing="trailing",  # "trailing" (999, 979, ..., 19) | "leading": the official sampler's 981, 961, ..., 1
     sampling_eta=0.0,
     grad_clip=1.0,
     seed=0,
@@ -486,21 +487,29 @@ def training_loss(net: SiameseNet, batch: dict, step: int, scheduler, cfg: dict,
 # --------------------------------------------------------------------------------------------- sampling
 def build_scheduler(cfg: dict, kind: str = "ddim", sd_config: dict | None = None):
     """scratch: cosine schedule, eps-prediction, x0 estimates clipped to [-1, 1] (latent: to the range of the
-    scaled training latents); sd15: SD 1.5's scaled-linear
-    betas (0.00085-0.012), no clipping (latents). Trailing spacing: DDIM-50 starts at t = T - 1."""
+    scaled training latents); sd15: SD 1.5's scaled-linear betas (0.00085-0.012), no clipping (latents).
+    Spacing ``timestep_spacing``: "trailing" (default; DDIM-50 starts at t = T - 1) or "leading", the official
+    sampler's (LDM's uniform DDIM timesteps + 1: 981, 961, ..., 1)."""
+    spacing = spacing_of(cfg)
     if cfg["backend"] == "sd15":
         sd = sd_config or {}
         return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"],
                                         beta_schedule="scaled_linear", beta_start=sd.get("beta_start", 0.00085),
-                                        beta_end=sd.get("beta_end", 0.012), prediction_type="epsilon",
-                                        timestep_spacing="trailing")
+                                        beta_end=sd.get("beta_end", 0.012), prediction_type="epsilon", **spacing)
     return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"], beta_schedule="cosine",
-                                    prediction_type="epsilon", timestep_spacing="trailing", clip_sample=True,
+                                    prediction_type="epsilon", clip_sample=True,
                                     clip_sample_range=float(cfg.get("latent_clip", 1.0)) if cfg.get("space") == "latent"
-                                    else 1.0)
+                                    else 1.0, **spacing)
 
 
-@torch.no_grad()
+def spacing_of(cfg: dict) -> dict:
+    """make_scheduler's spacing arguments for ``cfg["timestep_spacing"]`` (runs of older versions: trailing)."""
+    spacing = cfg.get("timestep_spacing", "trailing")
+    if spacing not in ("trailing", "leading"):
+        raise ValueError(f"timestep_spacing={spacing!r}: use 'trailing' or 'leading' (the official sampler's)")
+    return {"timestep_spacing": spacing, "steps_offset": 1 if spacing == "leading" else 0}
+
+
 def sample(net: SiameseNet, scheduler, masks: torch.Tensor, cfg: dict, *, latent_shape=None, ctx=None,
            ctx_uncond=None, guidance_scale: float | None = None, steps: int | None = None, eta: float | None = None,
            seed: int = 0, batch_size: int = 16, device="cpu", progress: bool = True) -> torch.Tensor:

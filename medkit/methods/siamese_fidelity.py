@@ -101,10 +101,11 @@ ROWS = (
         get=lambda cfg: "DDIM, eta 0" if cfg["sampling_eta"] == 0 else f"DDIM, eta {cfg['sampling_eta']}"),
     Row("sampling steps", "sampler", 50, "official code", key="sampling_steps",
         why={"scratch/smoke": CI, "sd15/smoke": CI}),
-    Row("DDIM timestep spacing", "sampler", "leading: 981, 961, ..., 1", "official code",
-        medkit="trailing: 999, 979, ..., 19",
-        why={p: "trailing starts from pure noise at t = T-1 (Lin et al. 2023); the official spacing is not "
-                "selectable yet (the Siamese issue)" for p in PROFILES}),
+    Row("DDIM timestep spacing", "sampler", "leading: 981, 961, ..., 1", "official code", key="timestep_spacing",
+        get=lambda cfg: {"trailing": "trailing: 999, 979, ..., 19",
+                         "leading": "leading: 981, 961, ..., 1"}[cfg["timestep_spacing"]],
+        why={p: "trailing starts from pure noise at t = T-1 (Lin et al. 2023); the official spacing: "
+                "-p timestep_spacing leading (not yet compared here)" for p in PROFILES}),
     Row("classifier-free guidance", "sampler", "9 on the text (the mask hint kept)", "official code",
         key="guidance_scale",
         get=lambda cfg: (f"{cfg['guidance_scale']:g} on the text (the mask hint kept)" if cfg["backend"] == "sd15"

@@ -85,6 +85,7 @@ COMMON: dict[str, Any] = dict(
     lr_min=1e-6,              # cosine LR decay to this
     ema_decay=0.999,
     sampling_eta=0.2,
+    timestep_spacing="trailing",  # "trailing" (starts at T-1) | "leading": the official sampler's (MONAI's DDIM: 897, ..., 0 at 300 steps)
     # DDIM re-derives eps from the clipped x0 at each step (diffusers' use_clipped_model_output)? False is the
     # official code's sampler (MONAI's DDIM keeps the network's eps when it clips x0); True is the GLIDE choice.
     sampling_rederive_eps=False,
@@ -149,9 +150,13 @@ def build_unet(cfg: dict) -> torch.nn.Module:
 
 
 def build_scheduler(cfg: dict, kind: str = "ddim"):
-    """Cosine schedule, T = 1000, x0 estimates clipped to [-1, 1], trailing spacing for sampling."""
+    """Cosine schedule, T = 1000, x0 estimates clipped to [-1, 1]; sampling spacing ``timestep_spacing``:
+    "trailing" (default, starts at T-1) or "leading", the official sampler's (MONAI's DDIM: 0, T/S, ...)."""
+    spacing = cfg.get("timestep_spacing", "trailing")
+    if spacing not in ("trailing", "leading"):
+        raise ValueError(f"timestep_spacing={spacing!r}: use 'trailing' or 'leading' (the official sampler's)")
     return diffusion.make_scheduler(kind, num_train_timesteps=cfg["num_train_timesteps"], beta_schedule="cosine",
-                                    prediction_type=PREDICTIONS[cfg["prediction"]], timestep_spacing="trailing",
+                                    prediction_type=PREDICTIONS[cfg["prediction"]], timestep_spacing=spacing,
                                     clip_sample=True, clip_sample_range=1.0)
 
 

@@ -74,9 +74,11 @@ ROWS = (
     Row("sampler steps (DDIM)", "sampler", 300, "paper", key="sampling_steps", why=_scale()),
     Row("DDIM eta", "sampler", 0.2, "paper", key="sampling_eta"),
     Row("DDIM timestep spacing", "sampler", "leading (MONAI's DDIM: 300 steps start at t = 897)", "official code",
-        medkit="trailing (starts at t = T-1)",
+        key="timestep_spacing",
+        get=lambda cfg: {"trailing": "trailing (starts at t = T-1)",
+                         "leading": "leading (MONAI's DDIM: 300 steps start at t = 897)"}[cfg["timestep_spacing"]],
         why={ALL: "leading spacing never samples from pure noise (at 300 of 1000 steps it starts at t = 897, "
-                  "Lin et al. 2023); trailing does. The official spacing is not selectable yet"}),
+                  "Lin et al. 2023); trailing does. The official spacing: -p timestep_spacing leading"}),
     Row("x0 clipped to [-1, 1] at each step", "sampler", "yes", "official code", medkit="yes"),
     Row("eps re-derived from the clipped x0", "sampler", False, "official code", key="sampling_rederive_eps"),
     # evaluation

@@ -61,6 +61,7 @@ profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) |
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/sbldm-<profile>
 n_samples = None       # slices to generate; None: profile value (16 smoke/cpu-demo, 64 t4)
 sampling_steps = None  # DDIM steps; None: profile value (50)
+timestep_spacing = None  # DDIM spacing: "trailing" (starts at T-1) | "leading" (the original DDIM's); None: the run's (trailing)
 eta = 0.0              # DDIM eta: 0 deterministic, 1 DDPM-like ancestral noise
 early_stop = None      # adaptive early-stop threshold (see below); None: the run's setting, 0: off
 clip_latents = True    # clip each step's z0 estimate to the training latents' range (False: no clip)
@@ -102,6 +103,7 @@ load_weights(run.path, "vae", vae, ema=True)
 load_weights(run.path, "ldm", unet, ema=True)
 vae, unet = vae.to(dev).eval(), unet.to(dev).eval()
 clip = lat["abs_max"] if clip_latents else None
+cfg["timestep_spacing"] = timestep_spacing or cfg.get("timestep_spacing", "trailing")
 scheduler = sbldm.build_scheduler(cfg, "ddim", clip=clip)
 scheduler.set_timesteps(steps)
 print(f"DDIM, {steps} steps, eta {eta}, z0 clipped to +-{clip}: timesteps {scheduler.timesteps[:3].tolist()} ... "
@@ -130,6 +132,7 @@ if dev.type == "cuda":
 seconds = time.perf_counter() - t0
 np.savez_compressed(run.samples / "generated.npz", images=generated.numpy(), seed=seed, steps=steps, eta=eta)
 run.update_metrics("sampling", {"seconds_per_image": seconds / n, "n": n, "steps": steps, "eta": eta,
+                                "timestep_spacing": cfg["timestep_spacing"],
                                 "rederive_eps": bool(rederive_eps), "clip": clip, "device": str(dev), "seed": seed, "early_stop": early_stop,
                                 "mean_steps_taken": taken.float().mean().item(),
                                 "min_steps_taken": int(taken.min()), "max_steps_taken": int(taken.max())})

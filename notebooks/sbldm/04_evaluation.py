@@ -119,7 +119,8 @@ load_weights(run.path, "ldm", unet_g, ema=True)
 vae_g, unet_g = vae_g.to(dev).eval(), unet_g.to(dev).eval()
 frames = {}
 for k in sorted(set(int(k) for k in gallery_steps if int(k) < int(samp.get("steps", 50)))):
-    sched = sbldm.build_scheduler(cfg, "ddim", clip=lat["abs_max"])
+    sched = sbldm.build_scheduler({**cfg, "timestep_spacing": samp.get("timestep_spacing", "trailing")}, "ddim",
+                                  clip=lat["abs_max"])
     sched.set_timesteps(k)
     frames[k] = sbldm.sample(unet_g, vae_g, sched, n_show, tuple(lat["shape"]), lat["scale"], steps=k,
                              eta=float(samp.get("eta", 0.0)), seed=int(np.load(path)["seed"]), device=dev, progress=False)

@@ -58,6 +58,7 @@ run_dir = ""           # the run directory of notebook 1; empty: <run root>/siam
 n_generate = None      # samples per mask source; None: the profile's (masks are reused in turn if there are fewer)
 guidance_scale = None  # classifier-free guidance; None: sd15 9.0, scratch 2.0; 1.0 turns it off
 steps = None           # DDIM steps; None: 50
+timestep_spacing = None  # DDIM spacing: "trailing" (starts at T-1) | "leading" (the official sampler's); None: the run's (trailing)
 seed = 0               # noise and random-mask seed
 device = "auto"        # "auto" | "cpu" | "cuda"
 
@@ -97,6 +98,7 @@ else:
     ctx, ctx_uncond = siamese.prompt_embeddings(sd, cfg["prompt"], dev)
 net.to(dev)
 load_weights(run.path, "siamese", siamese.trainable(net, cfg), ema=True)
+cfg["timestep_spacing"] = timestep_spacing or cfg.get("timestep_spacing", "trailing")
 ddim = siamese.build_scheduler(cfg, "ddim")
 
 # %% [markdown]
@@ -140,6 +142,7 @@ for name in sources:
 for name, d in follow.items():
     print(f"{name:13s} mask-following Dice {d['mean']:.3f} +- {d['std']:.3f} (empty segmentations {d['empty_fraction']:.0%})")
 run.update_metrics("sampling", {"n_per_source": n_generate, "guidance_scale": guidance,
+                                "timestep_spacing": cfg["timestep_spacing"],
                                 "steps": int(steps or cfg["sampling_steps"]), "seconds_per_image": timing,
                                 "mask_following_dice": {k: {kk: v[kk] for kk in ("mean", "std", "empty_fraction")}
                                                         for k, v in follow.items()}})

@@ -51,6 +51,7 @@ profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/slimdiff-<profile>
 spec = ""              # generation spec: a JSON file path or JSON text; empty: the profile's default (per-bin counts over all trained bins)
 steps = None           # DDIM steps; None: the profile's (t4: 300)
+timestep_spacing = None  # DDIM spacing: "trailing" (starts at T-1) | "leading" (the official sampler's); None: the run's (trailing)
 eta = None             # DDIM eta; None: 0.2
 rederive_eps = None    # True: each DDIM step re-derives eps from the clipped x0 (diffusers use_clipped_model_output); None: the profile's (False, as the official sampler)
 device = "auto"        # "auto" | "cpu" | "cuda"
@@ -88,6 +89,7 @@ rederive_eps = bool(cfg.get("sampling_rederive_eps", False) if rederive_eps is N
 unet = slimdiff.build_unet(cfg)
 load_weights(run.path, "slimdiff", unet, ema=True)
 unet = unet.to(dev).eval()
+cfg["timestep_spacing"] = timestep_spacing or cfg.get("timestep_spacing", "trailing")
 scheduler = slimdiff.build_scheduler(cfg, "ddim")
 t0 = time.perf_counter()
 images, masks = slimdiff.generate(unet, scheduler, plan["tokens"], cfg, steps=steps, eta=eta, seed=plan["seed"],
@@ -100,7 +102,7 @@ names = [f"{i:05d}_z{t % cfg['n_bins']:02d}_{'lesion' if t >= cfg['n_bins'] else
 save_pairs(run.samples / "pairs", images, masks, names=names, overwrite=True)  # readable by the other loaders
 run.update_metrics("generation", {"n": len(tokens), "steps": int(steps or cfg["sampling_steps"]),
                                   "eta": float(cfg["sampling_eta"] if eta is None else eta),
-                                  "rederive_eps": rederive_eps,
+                                  "rederive_eps": rederive_eps, "timestep_spacing": cfg["timestep_spacing"],
                                   "seconds_per_image": seconds / len(tokens),
                                   "n_lesion_requested": int((tokens >= cfg["n_bins"]).sum()),
                                   "lesion_requested_with_empty_mask": int(((tokens >= cfg["n_bins"]) & (masks.flatten(1).sum(1).numpy() == 0)).sum()),
