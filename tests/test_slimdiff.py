@@ -194,6 +194,27 @@ def test_smoke_pipeline_end_to_end(smoke_run):
         assert (smoke_run / "figures" / fig).stat().st_size > 1000, fig
 
 
+def test_training_with_early_stopping_runs_from_the_notebook(smoke_run, tmp_path):
+    """The recipe's early stopping (the t4 profile's), exercised at smoke size on a copy of the smoke run's data:
+    validation on the held-out slices, the stop recorded, and a re-run that trains nothing more."""
+    import shutil
+
+    from medkit.eval import read_metrics
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(smoke_run / "config", out / "config")
+    cmd = [sys.executable, "-m", "medkit", "run", "slimdiff", "--profile", "smoke", "--out", str(out), "--stages",
+           "02_train", "-p", "early_stop_patience", "1", "-p", "val_every", "2", "-p", "train_steps", "200"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    m = read_metrics(out)["train"]
+    assert m["stopped_early"] is True and m["steps"] < 200 and m["validations"] >= 2
+    assert m["val_loss_best_step"] == m["steps"] - 2        # patience 1: the first validation that did not improve
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and read_metrics(out)["train"]["steps"] == m["steps"]
+
+
 def test_table1_layout(tmp_path):
     import pandas as pd
 

@@ -433,3 +433,57 @@ def test_fast_ema_update_equals_averaged_model(tmp_path):
     for (k, a), b in zip(t.ema_model.state_dict().items(), ref.module.state_dict().values()):
         assert torch.equal(a, b), k
     assert int(t.ema.n_averaged) == int(ref.n_averaged) == 25
+
+
+# ------------------------------------------------------------------------------ early stopping
+
+def _val_loss(dataset):
+    """A validation loss that also draws from the RNG (like a diffusion loss's t and noise)."""
+    x, y = dataset.tensors
+
+    def validate(model):
+        noise = 0.01 * torch.randn(())
+        return float(nn.functional.mse_loss(model(x), y) + noise)
+    return validate
+
+
+def test_validation_does_not_touch_the_training_rng(tmp_path, dataset):
+    a = make_trainer(tmp_path / "a", 20)
+    a.fit(dataset, 8, mse)
+    b = make_trainer(tmp_path / "b", 20, validate=_val_loss(dataset), validate_every=3)
+    b.fit(dataset, 8, mse)
+    assert_same_training(a, b)
+    vals = [r for r in map(json.loads, (tmp_path / "b" / "logs" / "toy.jsonl").read_text().splitlines())
+            if "val_loss" in r]
+    assert [r["step"] for r in vals] == [3, 6, 9, 12, 15, 18]
+
+
+def test_early_stop_after_patience_and_a_killed_run_stops_at_the_same_step(tmp_path, dataset):
+    # lr 0.3 makes the toy diverge after a while, so validation stops improving
+    cfg = {**CONFIG, "lr": 0.3}
+    kw = dict(config=cfg, validate=_val_loss(dataset), validate_every=2, patience=3)
+    a = make_trainer(tmp_path / "a", 200, **kw)
+    ra = a.fit(dataset, 8, mse)
+    assert ra.reason == "early_stop" and ra.finished and ra.step < 200
+    val = a._val
+    assert val["stopped"] and val["bad"] == 3 and val["best_step"] == ra.step - 3 * 2
+    # the same run killed part-way (a budget stop between checkpoints) and re-run: same stop, same weights
+    b1 = make_trainer(tmp_path / "b", 200, **kw)
+    b1.max_steps = ra.step - 3  # stop before the early stop, then resume to the end
+    b1.fit(dataset, 8, mse)
+    b2 = make_trainer(tmp_path / "b", 200, **kw)
+    rb = b2.fit(dataset, 8, mse)
+    assert (rb.reason, rb.step) == ("early_stop", ra.step) and rb.resumed_from is not None
+    assert b2._val == a._val
+    assert_same_training(a, b2)
+    # once stopped it stays stopped: a re-run loads the weights and trains nothing
+    c = make_trainer(tmp_path / "b", 200, **kw)
+    rc = c.fit(dataset, 8, mse)
+    assert (rc.reason, rc.step, rc.steps_run, rc.finished) == ("early_stop", ra.step, 0, True)
+
+
+def test_early_stop_settings_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="validate_every"):
+        make_trainer(tmp_path, 5, validate=lambda m: 0.0)
+    with pytest.raises(ValueError, match="patience"):
+        make_trainer(tmp_path, 5, patience=3)

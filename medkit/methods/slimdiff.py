@@ -45,14 +45,14 @@ PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         image_size=32, n_subjects=3, unet_channels=(16, 32, 32), attention_levels=(False, False, True),
         num_res_blocks=1, num_head_channels=16, norm_num_groups=8,
-        batch=8, train_steps=12, lr=1e-3, warmup_steps=2, ckpt_every=5,
+        batch=8, train_steps=12, lr=1e-3, warmup_steps=0, ckpt_every=5,
         sampling_steps=5, n_per_class=2, precision="fp32", lesion_radius_mm=(4.0, 14.0), max_lesions=8,
         downstream_steps=3,
     ),
     "cpu-demo": dict(  # 0.3 s/step on a 2-core CPU: about 5 minutes of training
         image_size=64, n_subjects=10, unet_channels=(16, 32, 32, 64), attention_levels=(False, False, False, True),
         num_res_blocks=1, num_head_channels=16, norm_num_groups=8,
-        batch=16, train_steps=1000, lr=5e-4, warmup_steps=50, ckpt_every=250,
+        batch=16, train_steps=1000, lr=5e-4, warmup_steps=0, ckpt_every=250,
         sampling_steps=50, n_per_class=64, precision="auto",
         # at 64 px one pixel is 3 mm: larger synthetic lesions (mean ~25 px instead of ~11) give the mask
         # channel something a short CPU run can learn
@@ -66,7 +66,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "t4": dict(  # the paper's model and recipe
         image_size=160, n_subjects=10, unet_channels=(64, 128, 256, 256), attention_levels=(False, False, True, True),
         num_res_blocks=2, num_head_channels=32, norm_num_groups=32,
-        batch=16, train_steps=50_000, lr=1e-4, warmup_steps=500, ckpt_every=1000,
+        batch=16, train_steps=50_000, lr=1e-4, warmup_steps=0, ckpt_every=1000,
+        early_stop_patience=25,  # the recipe: early stop on validation loss, patience 25 (train_steps is the cap)
         sampling_steps=300, n_per_class=500, precision="auto",
     ),
 }
@@ -83,6 +84,9 @@ COMMON: dict[str, Any] = dict(
     weight_decay=1e-4,
     grad_clip=1.0,
     lr_min=1e-6,              # cosine LR decay to this
+    # warmup_steps (per profile): 0, as the recipe - a linear warm-up is an option (-p warmup_steps N), not measured
+    early_stop_patience=None, # validations without improvement before training stops; None: a fixed train_steps
+    val_every=None,           # steps between validations; None: one balanced epoch of the training slices
     ema_decay=0.999,
     sampling_eta=0.2,
     timestep_spacing="trailing",  # "trailing" (starts at T-1) | "leading": the official sampler's (MONAI's DDIM: 897, ..., 0 at 300 steps)
@@ -171,6 +175,23 @@ def lp_loss(pred: torch.Tensor, target: torch.Tensor, p: float, weights=(1.0, 1.
 def _net(unet, x_t, cond, t, tokens):
     inp = x_t if cond is None else torch.cat([x_t, cond], 1)
     return unet(inp, t, class_labels=tokens)
+
+
+def validation_loss(unet, dataset, scheduler, cfg: dict, device, batch_size: int | None = None) -> float:
+    """The training loss averaged over every slice of ``dataset`` (the held-out split), in order; random t,
+    noise and self-conditioning coins come from the caller's RNG (the Trainer seeds it per validation)."""
+    batch_size = int(batch_size or cfg["batch"])
+    total, n = 0.0, 0
+    for i in range(0, len(dataset), batch_size):
+        batch = torch.utils.data.default_collate([dataset[j] for j in range(i, min(i + batch_size, len(dataset)))])
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        loss, _ = training_loss(unet, batch, 0, scheduler, cfg)
+        k = batch["image"].shape[0]
+        total, n = total + float(loss) * k, n + k
+    if n == 0:
+        raise ValueError("validation_loss: the validation split is empty; early stopping needs held-out slices "
+                         "(val_fraction > 0 when building the cache)")
+    return total / n
 
 
 def training_loss(unet, batch: dict, step: int, scheduler, cfg: dict):

@@ -59,14 +59,16 @@ ROWS = (
     Row("weight decay", "optimiser", 1e-4, "paper", key="weight_decay"),
     Row("gradient clipping (norm)", "optimiser", 1.0, "paper", key="grad_clip"),
     Row("LR schedule: cosine to", "optimiser", 1e-6, "paper", key="lr_min"),
-    Row("LR warm-up steps", "optimiser", 0, "paper", key="warmup_steps",
-        why={ALL: "a linear warm-up (2 / 50 / 500 steps) the recipe does not have - kept so far because the "
-                  "committed results were trained with it; not measured to help, and due to become 0 by default "
-                  "(the fidelity issue stays open until then)"}),
+    Row("LR warm-up steps", "optimiser", 0, "paper", key="warmup_steps"),
     Row("batch", "training", 16, "paper", key="batch", why={"smoke": CI}),
     Row("training length", "training", "early stop on validation loss, patience 25", "paper",
-        key="train_steps", why={ALL: "a fixed number of steps (12 / 1,000 / 50,000): early stopping on "
-                                     "validation loss is not implemented yet (the fidelity issue stays open)"}),
+        key=("early_stop_patience", "train_steps"),
+        get=lambda cfg: (f"early stop on validation loss, patience {cfg['early_stop_patience']} "
+                         f"(at most {cfg['train_steps']:,} steps)" if cfg["early_stop_patience"]
+                         else f"a fixed {cfg['train_steps']:,} steps"),
+        same=lambda v, s: v.startswith(s),
+        why=_scale(**{"cpu-demo": "a fixed 1,000 steps: the CPU run is far too short to stop early (validation "
+                                  "costs time; the option is -p early_stop_patience 25)"})),
     Row("precision", "training", "fp16 mixed", "paper", key="precision", same=_auto_is_fp16,
         why={"smoke": "fp32: CI on a CPU"}),
     Row("EMA decay", "training", 0.999, "paper", key="ema_decay"),

@@ -80,8 +80,8 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class TrainResult:
     step: int                      # optimizer steps done in total (across resumes)
-    finished: bool                 # reached max_steps
-    reason: str                    # "done" | "budget"
+    finished: bool                 # reached max_steps, or stopped early (patience)
+    reason: str                    # "done" | "budget" | "early_stop"
     last_loss: float | None        # mean loss of the last logging window
     resumed_from: int | None       # checkpoint step this call resumed from, None for a fresh start
     seconds: float                 # wall time of this fit() call
@@ -200,6 +200,13 @@ class Trainer:
     ``on_checkpoint``: callables ``f(path)`` run after each checkpoint is written (e.g. to copy it away).
     ``persist``: on Kaggle/Colab, restore this stage from a previous session's output or Google Drive
     before resuming, and mirror checkpoints to Drive on Colab (``medkit.persist``); no-op elsewhere.
+
+    Early stopping: ``validate(model) -> float`` (a validation loss, lower is better) runs every
+    ``validate_every`` steps under ``torch.no_grad`` with the model in eval mode and the RNGs forked and
+    seeded from (seed, step), so it neither consumes nor depends on the training RNG; with ``patience``, training
+    stops once that many validations in a row failed to improve the best by more than ``min_delta`` (the
+    last weights are kept, not the best ones). Best value, its step and the count are part of every
+    checkpoint, so a killed run resumes to the same stop; a run that stopped early stays stopped.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir, stage: str,
@@ -209,7 +216,9 @@ class Trainer:
                  device=None, ignore_config_keys=DEFAULT_IGNORE, progress: bool = True,
                  resume: str = "auto", max_nonfinite: int = 5, plot: bool = True,
                  log: Callable[[str], None] | None = None,
-                 on_checkpoint: list[Callable[[Path], None]] | tuple = (), persist: bool = True):
+                 on_checkpoint: list[Callable[[Path], None]] | tuple = (), persist: bool = True,
+                 validate: Callable[[nn.Module], float] | None = None, validate_every: int = 0,
+                 patience: int | None = None, min_delta: float = 0.0):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(stage)):
             raise ValueError(f"stage={stage!r}: use letters, digits, '_', '-', '.' (it names files and folders)")
         if resume not in ("auto", "force", "never"):
@@ -222,6 +231,12 @@ class Trainer:
             raise ValueError(f"ema_decay={ema_decay}: must be in [0, 1] (typically 0.999-0.9999), or None for no EMA")
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict (got {type(config).__name__})")
+        if validate is not None and not (isinstance(validate_every, int) and validate_every >= 1):
+            raise ValueError(f"validate_every={validate_every!r}: an integer >= 1 (steps between validations) "
+                             f"when validate is given")
+        if patience is not None and (validate is None or not (isinstance(patience, int) and patience >= 1)):
+            raise ValueError(f"patience={patience!r}: an integer >= 1 (validations without improvement), and it "
+                             f"needs validate=")
 
         self.device = env.pick_device(device)
         self.model = model.to(self.device)
@@ -246,6 +261,8 @@ class Trainer:
         self.log = log or _default_log
         self.on_checkpoint = list(on_checkpoint)
         self.persist = persist
+        self.validate, self.validate_every = validate, validate_every
+        self.patience, self.min_delta = patience, float(min_delta)
 
         self.amp_dtype = env.autocast_dtype(self.device, precision)
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None)
@@ -267,6 +284,7 @@ class Trainer:
         self.scaler_skipped_total = 0
         self._consecutive_nonfinite = 0
         self._last_loss: float | None = None
+        self._val = {"best": None, "best_step": None, "bad": 0, "last": None, "stopped": False}
         self._reset_window()
 
     # ------------------------------------------------------------------ public helpers
@@ -328,7 +346,8 @@ class Trainer:
     def _meta(self) -> dict:
         return {
             "stage": self.stage, "step": self.step, "epoch": self.epoch, "position": self.position,
-            "max_steps": self.max_steps, "finished": self.step >= self.max_steps,
+            "max_steps": self.max_steps, "finished": self.step >= self.max_steps or self._val["stopped"],
+            "validation": dict(self._val),
             "python_random": _py_random_to_json(random.getstate()),
             "numpy_random": _np_random_to_json(np.random.get_state()),
             "config": self._config, "config_hash": self._config_hash,
@@ -404,6 +423,7 @@ class Trainer:
         self.nonfinite_total = meta.get("nonfinite_total", 0)
         self.scaler_skipped_total = meta.get("scaler_skipped_total", 0)
         self._consecutive_nonfinite = meta.get("consecutive_nonfinite", 0)
+        self._val = {**self._val, **(meta.get("validation") or {})}
         win = meta.get("window") or {"n": 0, "loss": 0.0, "extras": {}}
         self._win_n, self._win_loss, self._win_extras = win["n"], win["loss"], dict(win["extras"])
         self._lr_now, self._grad_norm_now = win.get("lr"), win.get("grad_norm")
@@ -547,12 +567,18 @@ class Trainer:
 
         def result(reason: str) -> TrainResult:
             secs = time.perf_counter() - t_fit
-            return TrainResult(step=self.step, finished=self.step >= self.max_steps, reason=reason,
+            return TrainResult(step=self.step, finished=self.step >= self.max_steps or self._val["stopped"],
+                               reason=reason,
                                last_loss=self._last_loss, resumed_from=resumed_from, seconds=secs,
                                skipped_steps=self.nonfinite_total + self.scaler_skipped_total - skipped_before,
                                overhead_seconds=sum(self._overhead.values()), overhead=dict(self._overhead),
                                steps_run=self.step - start_step, checkpoints=self._n_saved)
 
+        if self._val["stopped"] and resumed_from is not None:
+            self.log(f"{self.stage}: stopped early at step {self.step} (no validation improvement in {self.patience} "
+                     f"validations; best {self._val['best']:.6g} at step {self._val['best_step']}); weights loaded, "
+                     f"nothing to do")
+            return result("early_stop")
         if self.step >= self.max_steps:
             if resumed_from is not None:
                 self.log(f"{self.stage}: already trained to step {self.step} (max_steps={self.max_steps}); "
@@ -640,6 +666,11 @@ class Trainer:
                 self._pbar.update(1)
                 if log_step:
                     self._write_log(t_fit, lr, grad_norm)
+                if self.validate is not None and self.step % self.validate_every == 0:
+                    self._validation(t_fit)
+                    if self._val["stopped"]:
+                        reason = "early_stop"
+                        break
                 if self.step % self.ckpt_every == 0:
                     self._save(t_fit)
                     self._plot()
@@ -652,10 +683,37 @@ class Trainer:
         finally:
             self._pbar.close()
             stream.close()
+        if reason == "early_stop":
+            self.log(f"{self.stage}: early stop at step {self.step}: {self.patience} validations without improvement; "
+                     f"best validation loss {self._val['best']:.6g} at step {self._val['best_step']}.")
         if reason == "budget":
             self.log(f"{self.stage}: time budget of {self.budget_s:.0f} s used up at step {self.step}/"
                      f"{self.max_steps}; checkpoint saved. Run again (a new session) to continue.")
         return result(reason)
+
+    def _validation(self, t_fit: float) -> None:
+        """One validation: its value, the best so far and the patience count, logged and kept for checkpoints."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        was_training = self.model.training
+        self.model.eval()
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
+            torch.manual_seed(self.seed * 1_000_003 + self.step)
+            value = float(self.validate(self.model))
+        self.model.train(was_training)
+        v = self._val
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"{self.stage}: the validation loss is {value} at step {self.step}")
+        if v["best"] is None or value < v["best"] - self.min_delta:
+            v.update(best=value, best_step=self.step, bad=0)
+        else:
+            v["bad"] += 1
+        v["last"] = value
+        if self.patience is not None and v["bad"] >= self.patience:
+            v["stopped"] = True
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps({"step": self.step, "val_loss": value, "val_best": v["best"],
+                                "val_bad": v["bad"]}) + "\n")
 
     def _raise_nonfinite(self, last_finite, lr: float):
         if last_finite is not None:

@@ -60,6 +60,9 @@ self_cond_p = None     # self-conditioning probability per batch (0: off); None:
 train_steps = None     # optimiser steps; None: the profile's
 batch = None           # slices per step; None: the profile's (t4: 16)
 lr = None              # learning rate; None: the profile's
+warmup_steps = None    # linear LR warm-up steps; None: the profile's (0, as the recipe)
+early_stop_patience = None  # validations without improvement before stopping; None: the profile's (t4: 25); 0: off
+val_every = None       # steps between validations (early stopping only); None: one balanced epoch
 device = "auto"        # "auto" | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit in seconds; "auto": 11h15m on Kaggle, none elsewhere
 
@@ -78,11 +81,13 @@ from medkit.train import Trainer
 print(env.describe())
 run = RunDir(run_dir, default_name=f"slimdiff-{profile}")
 data_cfg = run.load_config("cache", needed_by="training")
-overrides = dict(prediction=prediction, lp=lp, self_cond_p=self_cond_p, train_steps=train_steps, batch=batch, lr=lr)
+overrides = dict(prediction=prediction, lp=lp, self_cond_p=self_cond_p, train_steps=train_steps, batch=batch, lr=lr,
+                 warmup_steps=warmup_steps, early_stop_patience=early_stop_patience, val_every=val_every)
 cfg = slimdiff.config(profile, **{k: data_cfg[k] for k in ("data", "image_size", "n_subjects", "n_bins", "seed",
                                                             "lesion_radius_mm", "max_lesions")},
                       **{k: v for k, v in overrides.items() if v is not None})
 cfg["cache"] = data_cfg["cache"]
+cfg["early_stop_patience"] = cfg["early_stop_patience"] or None  # 0: off
 dev = env.pick_device(device)
 run.save_config("train", cfg)
 train = LesionSliceDataset(cfg["cache"], "train")
@@ -118,10 +123,18 @@ print(f"DiffusionModelUNet: {medkit.nets.count_parameters(unet) / 1e6:.2f} M par
 # self-conditioning pass, the network output against the parameterisation's target, Lp per channel.
 
 # %%
+# Early stopping (the recipe's; t4 profile): the loss on the held-out subjects' slices, once per balanced epoch
+# unless val_every says otherwise; training stops after early_stop_patience validations without improvement.
+early = cfg["early_stop_patience"]
+val_set = LesionSliceDataset(cfg["cache"], "val") if early else None
+val_every = int(cfg["val_every"] or math.ceil(len(balanced) / cfg["batch"]))
+if early:
+    print(f"early stopping: validation on {len(val_set)} held-out slices every {val_every} steps, patience {early}")
 trainer = Trainer(unet, opt, run_dir=run.path, stage="slimdiff", config=cfg, max_steps=cfg["train_steps"],
                   lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
                   clip_grad=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"],
-                  device=dev)
+                  device=dev, patience=early, validate_every=val_every,
+                  validate=(lambda m: slimdiff.validation_loss(m, val_set, scheduler, cfg, dev)) if early else None)
 result = trainer.fit(balanced, cfg["batch"], lambda m, b, step: slimdiff.training_loss(m, b, step, scheduler, cfg))
 print(result)
 if not result.finished:
@@ -134,19 +147,28 @@ if not result.finished:
 # %%
 import matplotlib.pyplot as plt
 
-log = viz.read_log(run / "logs" / "slimdiff.jsonl")
+log = [r for r in viz.read_log(run / "logs" / "slimdiff.jsonl") if "loss" in r or "val_loss" in r]
 fig, ax = plt.subplots(figsize=(6.5, 3.4))
-for key in ("loss", "loss_image", "loss_mask"):
+for key in ("loss", "loss_image", "loss_mask", "val_loss"):
     pts = [(r["step"], r[key]) for r in log if key in r]
     if pts:
         ax.plot(*zip(*pts), label=key, alpha=0.8)
 ax.set_yscale("log"); ax.set_xlabel("step"); ax.legend(); ax.grid(alpha=0.3)
 ax.set_title(f"SLIM-Diff {cfg['prediction']}-prediction, p = {cfg['lp']}")
 fig.tight_layout(); fig.savefig(run.figures / "loss_terms.png", dpi=110)
+vals = [r for r in log if "val_loss" in r]
+log = [r for r in log if "loss" in r]
 tail = log[-max(1, len(log) // 10):]
 run.update_metrics("train", {"final_loss": sum(r["loss"] for r in tail) / len(tail),
                              "final_loss_image": sum(r.get("loss_image", float("nan")) for r in tail) / len(tail),
                              "final_loss_mask": sum(r.get("loss_mask", float("nan")) for r in tail) / len(tail),
                              "steps": result.step, "params": medkit.nets.count_parameters(unet),
                              "prediction": cfg["prediction"], "lp": cfg["lp"], "self_cond_p": cfg["self_cond_p"],
-                             "train_seconds": result.seconds})
+                             "train_seconds": result.seconds, "stopped_early": result.reason == "early_stop"
+                             or (early is not None and result.finished and result.step < cfg["train_steps"])})
+if vals:
+    best = min(vals, key=lambda r: r["val_loss"])
+    run.update_metrics("train", {"val_loss_best": best["val_loss"], "val_loss_best_step": best["step"],
+                                 "val_loss_last": vals[-1]["val_loss"], "validations": len(vals)})
+    print(f"validation loss: best {best['val_loss']:.5g} at step {best['step']}, last {vals[-1]['val_loss']:.5g} "
+          f"({len(vals)} validations)")
