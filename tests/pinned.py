@@ -35,8 +35,8 @@ def numbers(metrics: dict) -> dict[str, float]:
     """The pinned view: every numeric leaf of ``flatten(metrics)`` whose key is not machine-dependent."""
     out = {}
     for k, v in flatten(metrics).items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or VOLATILE.search(k):
-            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or VOLATILE.search(k) or k.startswith("fidelity."):
+            continue  # fidelity.*: counts of ledger rows (docs, not results; tests/test_fidelity.py keeps them true)
         out[k] = float(v)
     return out
 
