@@ -116,6 +116,7 @@ def test_sampling_shapes_and_guidance_is_deterministic():
     b = siamese.sample(net, ddim, batch["mask"], cfg, steps=3, seed=5, progress=False)
     c = siamese.sample(net, ddim, batch["mask"], cfg, steps=3, seed=5, guidance_scale=1.0, progress=False)
     assert a.shape == batch["image"].shape and torch.isfinite(a).all()
+    assert not a.requires_grad  # sampling keeps no autograd graph (50 steps x 2 branches would exhaust memory)
     torch.testing.assert_close(a, b)
     assert ddim.timesteps[0] == 999  # trailing spacing starts at T - 1
     assert not torch.allclose(a, c)  # guidance (hint vs no hint) changes the samples

@@ -510,6 +510,7 @@ def spacing_of(cfg: dict) -> dict:
     return {"timestep_spacing": spacing, "steps_offset": 1 if spacing == "leading" else 0}
 
 
+@torch.no_grad()
 def sample(net: SiameseNet, scheduler, masks: torch.Tensor, cfg: dict, *, latent_shape=None, ctx=None,
            ctx_uncond=None, guidance_scale: float | None = None, steps: int | None = None, eta: float | None = None,
            seed: int = 0, batch_size: int = 16, device="cpu", progress: bool = True) -> torch.Tensor:
