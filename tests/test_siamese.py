@@ -237,3 +237,46 @@ def test_scratch_in_the_sbldm_vae_latent_space(tmp_path):
         siamese.config("smoke", "scratch", space="latent")
     with pytest.raises(FileNotFoundError, match="config/vae.json is missing"):
         siamese.load_sbldm_vae(siamese.config("smoke", "scratch", space="latent", vae_run=str(tmp_path)))
+
+
+def test_config_warmup_default_none_and_checked():
+    for backend, profiles in siamese.PROFILES.items():
+        for profile in profiles:
+            assert siamese.config(profile, backend)["warmup_steps"] == 0, (backend, profile)  # as the official code
+    assert siamese.config("smoke", "scratch", warmup_steps=25)["warmup_steps"] == 25
+    with pytest.raises(ValueError, match="warmup_steps=-1"):
+        siamese.config("smoke", "scratch", warmup_steps=-1)
+
+
+def test_sd15_latents_are_a_fresh_posterior_sample_each_step(monkeypatch):
+    from medkit.nets import sd as sdnets
+
+    cfg = siamese.config("smoke", "sd15")
+    sd = sdnets.tiny_sd_components(seed=0, image_size=32)
+    g = torch.Generator().manual_seed(3)
+    data = [{"image": torch.rand(3, 32, 32, generator=g) * 2 - 1,
+             "mask": (torch.rand(1, 32, 32, generator=g) > 0.5).float()} for _ in range(4)]
+    items = siamese.precompute_latents(sd, data, "cpu", batch_size=3)
+    with torch.no_grad():
+        post = sd.vae.encode(torch.stack([d["image"] for d in data])).latent_dist
+    mean = torch.stack([it["x0_mean"] for it in items])
+    std = torch.stack([it["x0_std"] for it in items])
+    torch.testing.assert_close(mean, post.mean * sd.latent_scaling)
+    torch.testing.assert_close(std, post.std * sd.latent_scaling)
+    assert "x0" not in items[0] and (std > 0).all()
+
+    seen = []
+    monkeypatch.setattr(siamese.diffusion, "add_noise", lambda s, x0, eps, t: seen.append(x0.clone()) or x0 * 0)
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("x0_mean", "x0_std", "image", "mask")}
+    net = siamese.build_sd15(cfg, sd)
+    ctx = torch.zeros(1, 77, net.unet.config.cross_attention_dim)
+    sched = siamese.build_scheduler(cfg, "ddpm")
+    for seed in (0, 0, 1):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            siamese.training_loss(net, batch, 1, sched, {**cfg, "image_branch": False, "online_aug": False}, ctx, ctx)
+    first, again, other = seen[0], seen[1], seen[2]
+    torch.testing.assert_close(first, again)           # seeded: the same draw
+    assert not torch.allclose(first, other)            # another step's RNG state: another draw
+    z = (first - mean) / std                           # the draw, standardised, is N(0, 1)
+    assert abs(float(z.mean())) < 0.2 and abs(float(z.std()) - 1) < 0.2

@@ -70,6 +70,7 @@ COMMON: dict[str, Any] = dict(
     timestep_spacing="trailing",  # "trailing" (999, 979, ..., 19) | "leading": the official sampler's 981, 961, ..., 1
     sampling_eta=0.0,
     grad_clip=1.0,
+    warmup_steps=0,     # linear LR warm-up steps; 0 = none, as the official code (a labelled option at small scale)
     seed=0,
 )
 
@@ -128,6 +129,9 @@ def config(profile: str = "cpu-demo", backend: str = "scratch", **overrides) -> 
         raise ValueError(f"k_tau={cfg['k_tau']!r}: a step number >= 0, or None for train_steps // 3")
     if not 0 <= int(cfg["t_tau"]) < cfg["num_train_timesteps"]:
         raise ValueError(f"t_tau={cfg['t_tau']!r}: a timestep in [0, {cfg['num_train_timesteps']})")
+    if not (isinstance(cfg["warmup_steps"], int) and cfg["warmup_steps"] >= 0):
+        raise ValueError(f"warmup_steps={cfg['warmup_steps']!r}: a number of steps >= 0 (0: no LR warm-up, as the "
+                         "official code)")
     if not 0.0 <= float(cfg["p_uncond"]) < 1.0:
         raise ValueError(f"p_uncond={cfg['p_uncond']!r}: a probability in [0, 1)")
     if cfg["space"] not in ("pixel", "latent"):
@@ -328,8 +332,11 @@ def _rgb(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def precompute_latents(sd, dataset, device, batch_size: int = 8) -> list[dict]:
-    """Encode every training image once: z0 = scale * mean of q(z|x) (SD's VAE frozen). Returns the samples as
-    dicts with "x0" (latent), "image" (RGB, fp16 - the image hint) and "mask"."""
+    """Encode every training image once into the moments of the VAE posterior q(z|x) (SD's VAE frozen), times
+    the latent scale: "x0_mean" and "x0_std", beside "image" (RGB, fp16 - the image hint) and "mask".
+    ``training_loss`` draws z0 = x0_mean + x0_std * n, n ~ N(0, I), afresh at every step - as the official code
+    (``DiagonalGaussianDistribution.sample`` in ``get_input``) and diffusers' ControlNet training
+    (``latent_dist.sample()``) - from the global RNG, which the Trainer seeds and checkpoints."""
     from tqdm.auto import tqdm
 
     vae = sd.vae.to(device)
@@ -338,8 +345,10 @@ def precompute_latents(sd, dataset, device, batch_size: int = 8) -> list[dict]:
     for i in tqdm(range(0, len(dataset), batch_size), desc="VAE latents", leave=False):
         items = [dataset[j] for j in range(i, min(i + batch_size, len(dataset)))]
         img = _rgb(torch.stack([it["image"] for it in items]))
-        z = vae.encode(img.to(device, dtype)).latent_dist.mean.float().cpu() * sd.latent_scaling
-        out += [{"x0": z[k], "image": img[k].half(), "mask": items[k]["mask"]} for k in range(len(items))]
+        post = vae.encode(img.to(device, dtype)).latent_dist
+        mean, std = (post.mean.float().cpu() * sd.latent_scaling), (post.std.float().cpu() * sd.latent_scaling)
+        out += [{"x0_mean": mean[k], "x0_std": std[k], "image": img[k].half(), "mask": items[k]["mask"]}
+                for k in range(len(items))]
     sd.vae.to("cpu")  # not needed on the GPU until decoding
     return out
 
@@ -430,11 +439,15 @@ def training_loss(net: SiameseNet, batch: dict, step: int, scheduler, cfg: dict,
     """One Siamese-Diffusion step's loss and its logged terms.
 
     ``batch``: "image" (B, C, H, W) in [-1, 1], "mask" (B, 1, H, W) in {0, 1}, and "x0" when the diffusion
-    runs on precomputed latents (sd15). ``ctx``/``ctx_uncond``: the prompt's text embedding and the empty
+    runs on precomputed latents (scratch in latent space), or "x0_mean"/"x0_std" - the VAE posterior, sampled
+    here afresh at every step (sd15). ``ctx``/``ctx_uncond``: the prompt's text embedding and the empty
     prompt's (sd15); a fraction ``p_uncond`` of the samples gets the empty prompt (scratch: a zero mask hint).
     """
     image, mask = batch["image"], batch["mask"]
-    x0 = batch.get("x0", image)
+    if "x0_mean" in batch:  # sd15: a fresh sample of the VAE posterior
+        x0 = batch["x0_mean"] + batch["x0_std"] * torch.randn_like(batch["x0_mean"])
+    else:
+        x0 = batch.get("x0", image)
     b = x0.shape[0]
     h_m, h_i = mask_hint(mask, net.hint_channels).to(x0.dtype), image_hint(image).to(x0.dtype)
     drop = torch.rand(b, device=x0.device) < float(cfg["p_uncond"])

@@ -71,10 +71,7 @@ ROWS = (
     Row("learning rate", "optimiser", 1e-5, "official code", key="lr",
         why=_each("a larger LR for a UNet trained from scratch (1e-5 is for fine-tuning SD 1.5)",
                   **{"sd15/smoke": CI})),
-    Row("LR schedule", "optimiser", "none (constant)", "official code",
-        medkit="linear warm-up over N/20 steps, then constant",
-        why={p: "added by the training notebook; the official code has none - to become an option, off by "
-                "default (the Siamese issue)" for p in PROFILES}),
+    Row("LR warm-up steps (then constant)", "optimiser", 0, "official code", key="warmup_steps"),
     Row("effective batch", "training", 48, "official code", key=("batch", "grad_accum"), get=_effective_batch,
         why=_each("CPU / single-GPU scale for the from-scratch model", **{"sd15/smoke": CI})),
     Row("training steps", "training", 3000, "official code", key="train_steps",
@@ -87,10 +84,11 @@ ROWS = (
         | {"scratch/smoke": "fp32 (CI)", "sd15/smoke": "fp32 (CI)"},
         same=lambda v, s: v == "fp32"),
     Row("latents of the training images", "data", "a fresh sample of the VAE posterior at every step",
-        "official code", key="backend",
-        get=lambda cfg: "pixel space (no VAE)" if cfg["backend"] == "scratch" else "the posterior mean, encoded once",
-        why=_each(SCRATCH_WHY, **{p: "encoded once to save a VAE pass per step; per-step posterior samples are "
-                                     "the Siamese issue's" for p in ("sd15/smoke", "sd15/t4")})),
+        "official code", key=("backend", "space"),
+        get=lambda cfg: ("a fresh sample of the VAE posterior at every step" if cfg["backend"] == "sd15" else
+                         "the SBLDM VAE's posterior mean, encoded once" if cfg["space"] == "latent" else
+                         "pixel space (no VAE)"),
+        why=_each(SCRATCH_WHY)),
     Row("condition dropout for guidance", "training", "5% of prompts emptied", "official code", key="p_uncond",
         get=lambda cfg: (f"{cfg['p_uncond']:g} of prompts emptied" if cfg["backend"] == "sd15"
                          else f"{cfg['p_uncond']:g} of mask hints dropped (no text)"),

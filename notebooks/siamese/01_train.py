@@ -78,6 +78,7 @@ vae_run = ""           # scratch in latent space: the run directory of an SBLDM 
 train_steps = None     # optimiser steps N (w_i grows as k / N); None: the profile's
 batch = None           # images per step; None: the profile's
 lr = None              # learning rate; None: the profile's
+warmup_steps = None    # linear LR warm-up steps (a labelled departure); None: 0, no schedule - as the official code
 model = None           # sd15 only: a diffusers folder or Hugging Face id; None: the profile's ("tiny" in smoke)
 train_decoder = None   # sd15 only: also train the UNet decoder (the paper does; does not fit a T4 with AdamW)
 device = "auto"        # "auto" | "cpu" | "cuda"
@@ -100,7 +101,7 @@ print(env.describe())
 run = RunDir(run_dir, default_name=f"siamese-{backend}-{profile}")
 overrides = dict(siamese.ABLATIONS[ablation]) if ablation else {}
 overrides.update({k: v for k, v in dict(w_c=w_c, dhi=dhi, online_aug=online_aug, train_steps=train_steps, batch=batch,
-                                        lr=lr, data=data, model=model, train_decoder=train_decoder, space=space,
+                                        lr=lr, warmup_steps=warmup_steps, data=data, model=model, train_decoder=train_decoder, space=space,
                                         vae_run=vae_run or None).items()
                   if v is not None})
 cfg = siamese.config(profile, backend, **overrides)
@@ -185,8 +186,10 @@ print(f"UNet {medkit.nets.count_parameters(net.unet) / 1e6:.2f} M, ControlNet "
 # `loss_consistency`, `loss_aug` and `w_i` for every logged step.
 
 # %%
-warm = max(1, cfg["train_steps"] // 20)
-lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm))  # warm-up, then constant (as the paper)
+# The official code trains at a constant LR; `warmup_steps > 0` adds a linear warm-up (diffusers' schedule).
+from diffusers.optimization import get_constant_schedule_with_warmup
+
+lr_sched = get_constant_schedule_with_warmup(opt, cfg["warmup_steps"]) if cfg["warmup_steps"] else None
 trainer = Trainer(params, opt, run_dir=run.path, stage="siamese", config=cfg, max_steps=cfg["train_steps"],
                   lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
                   grad_accum=cfg.get("grad_accum", 1), clip_grad=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"],
