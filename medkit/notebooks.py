@@ -14,7 +14,7 @@ NOTEBOOK_DIR = env.REPO_ROOT / "notebooks"
 PIPELINES = {
     "sbldm": ["01_vae", "02_latent_diffusion", "03_sampling", "04_evaluation"],
     "slimdiff": ["01_cache", "02_train", "03_generate", "04_evaluate"],
-    "siamese": ["01_train", "02_sample", "03_evaluate"],
+    "siamese": ["01_train", "02_sample", "03_evaluate", "04_segmentation"],
     "ctsr": ["01_data_vae", "02_resshift", "03_super_resolve", "04_evaluate"],
 }
 

@@ -3,9 +3,11 @@
 Each method's smoke pipeline is seeded and deterministic on the CPU, so its metrics.json is a fixed set of
 numbers. ``check_pinned(name, metrics)`` compares every numeric result in it (losses, metrics, counts; not
 timings or memory, which depend on the machine's load) with ``fixtures/pinned_smoke.json`` and fails,
-naming each number that moved. Tolerance: relative 1e-4 (plus 1e-9 absolute for numbers near 0) - run to
-run the pipelines agree exactly here, and a real numerical change (another init, loss, schedule, metric
-definition) moves them by far more.
+naming each number that moved. Tolerance: relative 1e-3 (plus 1e-9 absolute for numbers near 0). Run to run
+on one machine the pipelines agree exactly; across machines of the same kind (another CPU model, so other
+SIMD kernels in oneDNN/LAPACK) a few ill-conditioned numbers moved by 2e-4 relative (the 3D SSIM of
+near-blank volumes, a bootstrap std of FID), so 1e-4 failed a fresh machine. A real numerical change (another
+init, loss, schedule, metric definition) moves them by far more.
 
 A deliberate change is re-pinned with
 
@@ -25,7 +27,7 @@ from pathlib import Path
 from medkit.eval.results import flatten
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pinned_smoke.json"
-REL, ABS = 1e-4, 1e-9
+REL, ABS = 1e-3, 1e-9
 # machine-dependent fields: wall and CPU time, speeds, memory, and bookkeeping that is not a result
 VOLATILE = re.compile(r"(second|seconds|_s$|\.s$|wall|time|per_s|speed|throughput|rss|memory|mib|gib|bytes|"
                       r"_mb$|elapsed|started|finished|date|version|pid|host|workers|threads|budget|overhead)", re.I)

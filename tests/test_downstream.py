@@ -8,18 +8,24 @@ import pytest
 import torch
 from PIL import Image
 
+from medkit.data.pairs_io import PairsError, check_pairs, load_pairs, save_pairs
 from medkit.eval import downstream as ds
-from medkit.eval.downstream import (PairsError, augment_pairs, check_pairs, load_pairs, paired_difference,
-                                    run_downstream, save_pairs, summarise, t_interval, train_segmenter)
+from medkit.eval.downstream import augment_pairs, paired_difference, run_downstream, summarise, t_interval, train_segmenter
 from medkit.metrics.masks import blob_masks
 
 TINY = dict(steps=2, batch_size=4, lr=1e-3, channels=(4, 8, 16), strides=(2, 2), num_res_units=1, progress=False)
 
 
-def toy_pairs(n, seed, size=16):
+def toy_pairs(n, seed, size=16, rgb=False):
+    """Blob masks; grey images bright inside the blob, or RGB ones reddish inside and bluish outside."""
     m = torch.from_numpy(blob_masks(n, size, seed=seed, radius=(2.0, 4.0))).float()[:, None]
     g = torch.Generator().manual_seed(seed)
-    x = (m * 1.2 - 0.6 + 0.2 * torch.randn(m.shape, generator=g)).clamp(-1, 1)
+    if rgb:
+        colour_in, colour_out = torch.tensor([0.8, -0.2, -0.4]), torch.tensor([-0.5, -0.1, 0.5])
+        x = m * colour_in[:, None, None] + (1 - m) * colour_out[:, None, None]
+        x = (x + 0.2 * torch.randn(n, 3, size, size, generator=g)).clamp(-1, 1)
+    else:
+        x = (m * 1.2 - 0.6 + 0.2 * torch.randn(m.shape, generator=g)).clamp(-1, 1)
     return check_pairs(x, m, f"toy{seed}")
 
 
@@ -71,8 +77,29 @@ def test_run_downstream_bad_settings():
         run_downstream(real, held, toy_pairs(10, 3), k=[3], seeds=2, **TINY)
     with pytest.raises(ValueError, match="seeds=1"):
         run_downstream(real, held, toy_pairs(10, 3), k=[1], seeds=1, **TINY)
-    with pytest.raises(PairsError, match="sizes differ"):
+    with pytest.raises(PairsError, match=r"differ in \(channels, height, width\): real \(1, 16, 16\), held-out "
+                                         r"\(1, 32, 32\)"):
         run_downstream(real, toy_pairs(4, 2, size=32), toy_pairs(10, 3), k=[1], seeds=2, **TINY)
+    with pytest.raises(PairsError, match=r"synthetic \(3, 16, 16\).*all RGB"):
+        run_downstream(real, held, toy_pairs(10, 3, rgb=True), k=[1], seeds=2, **TINY)
+
+
+def test_rgb_pairs_folders_through_the_command_line(tmp_path):
+    """Real, held-out and synthetic RGB pairs folders (PNG, as Kvasir/ISIC users have them): a 3-channel
+    segmenter, the same report."""
+    for name, (n, seed) in {"real": (6, 1), "held": (4, 2), "syn": (6, 3)}.items():
+        p = toy_pairs(n, seed, rgb=True)
+        save_pairs(tmp_path / name, p.images, p.masks)
+    out = tmp_path / "out"
+    assert ds.main(["--profile", "smoke", "--out", str(out), "--no-progress", "--real", str(tmp_path / "real"),
+                    "--heldout", str(tmp_path / "held"), "--synthetic", str(tmp_path / "syn"), "--n-real", "6",
+                    "--k", "1", "--seeds", "2", "--steps", "2"]) == 0
+    sec = json.loads((out / "metrics.json").read_text())["downstream"]
+    assert sec["config"]["image_channels"] == 3 and sec["real.mdice"]["n"] == 2
+    assert pd.read_csv(out / "downstream.csv")["arm"].tolist() == ["real", "real+1x", "synthetic"]
+    net = train_segmenter(load_pairs(tmp_path / "real").images, load_pairs(tmp_path / "real").masks, steps=1,
+                          batch_size=2, lr=1e-3, seed=0, channels=(4, 8, 16))
+    assert net.model[0].conv.unit0.conv.in_channels == 3  # the segmenter takes the images' channels
 
 
 # --------------------------------------------------------------------------------------- statistics
@@ -124,6 +151,12 @@ def test_png_mask_0_255_and_uint8_image(tmp_path):
     Image.fromarray(img16).save(tmp_path / "images" / "a.png")  # 16-bit grey
     q = load_pairs(tmp_path)
     assert torch.allclose(q.images[0, 0], torch.from_numpy(img16 / 32767.5 - 1).float(), atol=1e-6)
+    rgb = np.stack([img, 255 - img, np.full_like(img, 7)], axis=-1)  # (H, W, 3) as PIL stores it
+    Image.fromarray(rgb).save(tmp_path / "images" / "a.png")
+    Image.fromarray(np.repeat(np.array([[0, 255], [255, 0]], np.uint8)[..., None], 3, -1)).save(tmp_path / "masks" / "a.png")
+    q = load_pairs(tmp_path)  # RGB image channels first; an RGB mask with equal channels is one mask
+    assert q.channels == 3 and q.masks.shape == (1, 1, 2, 2) and q.masks[0, 0].tolist() == [[0, 1], [1, 0]]
+    assert torch.allclose(q.images[0], torch.from_numpy(rgb.transpose(2, 0, 1) / 127.5 - 1).float(), atol=1e-6)
 
 
 def test_cli_real_needs_heldout(tmp_path):
@@ -152,7 +185,13 @@ def _folder(tmp_path, n=3, size=8):
     (lambda d: (d / "images" / "0.npy").write_bytes(b"not an array"), r"cannot read .*0.npy"),
     (lambda d: np.save(d / "images" / "0.npy", np.full((8, 8), 200.0)), r"outside \[-1, 1\].*x / 127.5 - 1"),
     (lambda d: Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(d / "images" / "0.png") or
-     (d / "images" / "0.npy").unlink(), r"mode RGB .*convert\('L'\)"),
+     (d / "images" / "0.npy").unlink(), r"mixes grey and RGB images: 2 grey \(e.g. \['1.npy', '2.npy'\]\); 1 RGB "
+                                        r"\(e.g. \['0.png'\]\)"),
+    (lambda d: Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(d / "images" / "0.png") or
+     (d / "images" / "0.npy").unlink(), r"PNG mode RGBA .*convert\('RGB'\)"),
+    (lambda d: np.save(d / "images" / "0.npy", np.zeros((2, 8, 8))), r"0.npy: expected a numeric image array"),
+    (lambda d: Image.fromarray(np.dstack([np.zeros((8, 8), np.uint8)] * 2 + [np.full((8, 8), 255, np.uint8)]))
+     .save(d / "masks" / "0.png") or (d / "masks" / "0.npy").unlink(), r"a mask must have one channel"),
     (lambda d: np.save(d / "images" / "1.npy", np.zeros((6, 6))) or np.save(d / "masks" / "1.npy", np.ones((6, 6))),
      r"different sizes \(8x8: 2 .*6x6: 1"),
     (lambda d: Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "masks" / "0.png"), "both 0.npy and 0.png"),
@@ -177,7 +216,8 @@ def test_empty_masks_allowed_on_request_and_minus_one_plus_one(tmp_path):
     (torch.zeros(2, 1, 8, 8), torch.full((2, 1, 8, 8), 0.5), "not binary"),
     (torch.full((2, 1, 8, 8), 3.0), torch.zeros(2, 1, 8, 8), r"span \[3, 3\], outside \[-1, 1\]"),
     (torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 4), "masks have shape"),
-    (torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), "grey images"),
+    (torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), r"one-channel mask"),
+    (torch.zeros(2, 2, 8, 8), torch.zeros(2, 1, 8, 8), r"C = 1 \(grey\) or 3 \(RGB\)"),
     (torch.full((2, 1, 8, 8), math.nan), torch.zeros(2, 1, 8, 8), "NaN"),
 ])
 def test_check_pairs_errors(images, masks, msg):

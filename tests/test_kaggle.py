@@ -431,7 +431,7 @@ def test_cli_run_and_templates(offline, tmp_path, monkeypatch, capsys):
     assert cli(["kaggle", "templates"]) == 0
     assert sorted(p.parent.name for p in (tmp_path / "kaggle").glob("*/kernel-metadata.json")) == [
         "ctsr-01-data-vae", "ctsr-02-resshift", "ctsr-03-super-resolve", "ctsr-04-evaluate", "sbldm-01-vae", "sbldm-01_vae", "sbldm-02-latent-diffusion", "sbldm-03-sampling", "sbldm-04-evaluation",
-        "siamese-01-train", "siamese-02-sample", "siamese-03-evaluate",
+        "siamese-01-train", "siamese-02-sample", "siamese-03-evaluate", "siamese-04-segmentation",
         "slimdiff-01-cache", "slimdiff-02-train", "slimdiff-03-generate", "slimdiff-04-evaluate"]
     assert "stale: " in capsys.readouterr().out
 

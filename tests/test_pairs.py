@@ -17,9 +17,9 @@ from medkit.data.pairs import (
     build_pair_cache,
     find_pairs,
     mni152_pairs,
-    save_generated_pairs,
     validate_pairs,
 )
+from medkit.data.pairs_io import load_pairs, save_pairs
 from medkit.eval import downstream
 
 
@@ -342,7 +342,7 @@ def _generated(n=4, c=1, size=16, seed=0):
 
 def test_generated_pairs_round_trip(tmp_path):
     images, masks = _generated()
-    out = save_generated_pairs(tmp_path / "gen", images, masks, prompt=[f"polyp {i}" for i in range(4)])
+    out = save_pairs(tmp_path / "gen", images, masks, prompt=[f"polyp {i}" for i in range(4)])
     assert sorted(p.name for p in out.iterdir()) == ["images", "masks", "prompt.json"]
     log = Log()
     found = find_pairs(out, log=log)
@@ -360,35 +360,38 @@ def test_generated_pairs_round_trip(tmp_path):
             assert torch.allclose(item["image"], quantised[k], atol=1e-6)
             assert item["mask"].dtype == torch.float32 and torch.equal(item["mask"], masks[k])
             assert item["prompt"] == f"polyp {k}"
-    # the same folder is a downstream pairs folder (grey images)
-    pairs = downstream.load_pairs(out)
+    # the same folder is an evaluation pairs folder (the one reader)
+    pairs = load_pairs(out)
     assert pairs.names == ["00000", "00001", "00002", "00003"]
     assert torch.allclose(pairs.images, quantised, atol=1e-6) and torch.equal(pairs.masks, masks)
 
     rgb, rgb_masks = _generated(3, c=3)
-    out3 = save_generated_pairs(tmp_path / "rgb", rgb, rgb_masks.bool(), prompt="a polyp", names=["x", "y", "z"])
+    out3 = save_pairs(tmp_path / "rgb", rgb, rgb_masks.bool(), prompt="a polyp", names=["x", "y", "z"])
     ds = PairDataset(build_pair_cache(out3, 8, val_fraction=0.0, cache_root=tmp_path / "cache", log=log))
     assert ds[0]["image"].shape == (3, 8, 8) and ds.prompts == ["a polyp"] * 3 and ds.names == ["x", "y", "z"]
-    with pytest.raises(downstream.PairsError, match="PNG mode RGB"):  # downstream reads grey images only
-        downstream.load_pairs(out3)
+    back = load_pairs(out3)  # RGB read back as (N, 3, H, W)
+    assert back.names == ["x", "y", "z"] and back.channels == 3
+    assert torch.allclose(back.images, torch.round((rgb + 1) * 127.5) / 127.5 - 1, atol=1e-6)
+    assert torch.equal(back.masks, rgb_masks)
 
 
 def test_generated_pairs_bad_inputs(tmp_path):
     images, masks = _generated(2)
-    save_generated_pairs(tmp_path / "g", images, masks)
+    save_pairs(tmp_path / "g", images, masks)
     with pytest.raises(FileExistsError, match="already holds 5 pair file"):
-        save_generated_pairs(tmp_path / "g", images, masks)
-    save_generated_pairs(tmp_path / "g", images[:1], masks[:1], overwrite=True)
+        save_pairs(tmp_path / "g", images, masks)
+    save_pairs(tmp_path / "g", images[:1], masks[:1], overwrite=True)
     assert len(find_pairs(tmp_path / "g", log=Log())) == 1
-    for kwargs, match in (({"images": images * 2}, r"outside \[-1, 1\]; clamp"),
+    for kwargs, match in (({"images": images * 2}, r"outside \[-1, 1\]; rescale first.*clamp"),
                           ({"masks": masks * 0.5}, "masks are not binary"),
-                          ({"images": images.repeat(1, 2, 1, 1)}, "2 channels"),
+                          ({"images": images.repeat(1, 2, 1, 1)}, r"C = 1 \(grey\) or 3 \(RGB\)"),
                           ({"masks": masks[:, :, :8]}, "masks have shape"),
                           ({"names": ["a", "a"]}, "distinct names"),
                           ({"names": ["a", "../b"]}, "not plain file names"),
-                          ({"prompt": ["only one"]}, "prompt must be one string")):
+                          ({"prompt": ["only one"]}, "prompt must be one string"),
+                          ({"fmt": "jpg"}, "fmt='jpg'")):
         with pytest.raises(PairsError, match=match):
-            save_generated_pairs(tmp_path / "h", **{"images": images, "masks": masks, **kwargs})
+            save_pairs(tmp_path / "h", **{"images": images, "masks": masks, **kwargs})
 
 
 # --------------------------------------------------------------------------------------------------

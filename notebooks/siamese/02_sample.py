@@ -14,7 +14,7 @@
 # ---
 
 # %% [markdown]
-# # Siamese-Diffusion 2/3 - images from masks
+# # Siamese-Diffusion 2/4 - images from masks
 #
 # Sampling uses **Mask-Diffusion alone**: DDIM 50 steps, eta 0, classifier-free guidance (sd15: scale 9 on
 # the text prompt, the unconditional branch keeping the mask; scratch: the hint dropped in training is the
@@ -70,7 +70,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from medkit import augment, env
-from medkit.data import pairs
+from medkit.data import pairs, save_pairs
 from medkit.methods import siamese
 from medkit.run import RunDir
 from medkit.train import load_weights
@@ -108,7 +108,10 @@ ddim = siamese.build_scheduler(cfg, "ddim")
 train = pairs.PairDataset(cfg["cache"], "train")
 real_masks = torch.stack([train[i]["mask"] for i in range(len(train))])
 real_images = torch.stack([train[i]["image"] for i in range(len(train))])
-idx = (torch.arange(n_generate) * len(real_masks)) // n_generate  # evenly spread over the training masks
+if n_generate >= len(real_masks):  # every training mask in turn, k times (the protocol's k x volume)
+    idx = torch.arange(n_generate) % len(real_masks)
+else:                              # evenly spread over the training masks
+    idx = (torch.arange(n_generate) * len(real_masks)) // n_generate
 sources = {"real_masks": real_masks[idx], "random_masks": augment.random_masks(real_masks[idx], seed=seed)}
 print({k: tuple(v.shape) for k, v in sources.items()})
 
@@ -125,7 +128,7 @@ for name, masks in sources.items():
                        batch_size=16)
     images = siamese.decode(sd, x, cfg, dev) if sd is not None else x.clamp(-1, 1)
     timing[name] = (time.perf_counter() - t0) / len(masks)
-    pairs.save_generated_pairs(run.samples / name, images, masks, prompt=cfg.get("prompt"), overwrite=True)
+    save_pairs(run.samples / name, images, masks, prompt=cfg.get("prompt"), overwrite=True)
     torch.save({"images": images, "masks": masks}, run.samples / f"{name}.pt")
     print(f"{name}: {len(masks)} samples, {timing[name]:.2f} s each -> {run.samples / name}")
 

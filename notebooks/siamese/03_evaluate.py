@@ -14,16 +14,14 @@
 # ---
 
 # %% [markdown]
-# # Siamese-Diffusion 3/3 - evaluation
+# # Siamese-Diffusion 3/4 - evaluation
 #
 # * **Image quality** against the real training images: FID (bootstrap CI, FID_inf) and KID on InceptionV3
 #   features, CMMD on CLIP ViT-L/14@336 embeddings, unpaired LPIPS (the paper's Table 1 measures; each needs
 #   its network's weights - missing weights are reported, not faked; small-sample warnings are printed and
 #   kept in metrics.json).
 # * **Mask following**: Dice between each mask and a threshold segmentation of its sample (from notebook 2).
-# * **Downstream segmentation** (the paper's Tables 2-3 question): a small MONAI U-Net trained on the real
-#   pairs, on real + synthetic pairs from the real masks, and on real + synthetic pairs from random masks,
-#   scored on held-out real pairs (3 paired seeds, 95% CIs of the differences to "real").
+# * The segmentation protocol (the paper's Tables 2-3 question) is notebook 4.
 #
 # **How long:** `smoke` seconds; `cpu-demo` 2-4 minutes; `t4` minutes.
 
@@ -59,8 +57,6 @@ run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/s
 features = "auto"      # "inception" (FID/KID; needs its weights file) | "none" | "auto" (inception if its weights are found)
 lpips = "auto"         # "vgg" | "alex" | "none" | "auto" (vgg if its weights are found)
 clip = "auto"          # CMMD's CLIP ViT-L/14@336: "auto" (if found) | "none" | a local folder or hub id
-downstream = True      # run the downstream segmentation test
-downstream_steps = None  # segmenter training steps; None: the downstream profile's (smoke 3, else 400)
 device = "auto"        # "auto" | "cpu" | "cuda"
 
 # %%
@@ -84,11 +80,9 @@ for name in ("real_masks", "random_masks"):
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run notebook 2 (sampling) with run_dir={str(run.path)!r}")
     generated[name] = torch.load(path)
-train, val = pairs.PairDataset(cfg["cache"], "train"), pairs.PairDataset(cfg["cache"], "val")
+train = pairs.PairDataset(cfg["cache"], "train")
 real_img = torch.stack([train[i]["image"] for i in range(len(train))])
 real_mask = torch.stack([train[i]["mask"] for i in range(len(train))])
-held_img = torch.stack([val[i]["image"] for i in range(len(val))])
-held_mask = torch.stack([val[i]["mask"] for i in range(len(val))])
 source = train.meta.get("description", cfg["data"]) if hasattr(train, "meta") else cfg["data"]
 dataset = f"{source}, {cfg['image_size']} px: {len(real_img)} real training images"
 print(dataset, {k: len(v["images"]) for k, v in generated.items()})
@@ -158,36 +152,6 @@ frames = {name: dict(images=g["images"][:8], masks=g["masks"][:8], real=real_img
 viz.save_static_gallery(frames, path=run.figures / "gallery.png", slider_name="mask source")
 display(viz.SampleGallery(frames, slider_name="mask source", nrow=4,
                           title="Siamese-Diffusion: real (left) vs generated (right)"))
-
-# %% [markdown]
-# ## Downstream segmentation test
-# Real training pairs vs real + 1x synthetic pairs from the real masks vs real + 1x synthetic pairs from
-# random masks (and synthetic only), scored on the held-out real pairs.
-
-# %%
-if downstream:
-    from medkit.eval import downstream as ds
-
-    real_pairs = ds.Pairs(real_img.mean(1, keepdim=True), real_mask, [str(i) for i in range(len(real_img))])
-    held = ds.Pairs(held_img.mean(1, keepdim=True), held_mask, [str(i) for i in range(len(held_img))])
-    n_real = min(len(real_img), *(len(g["images"]) for g in generated.values()))
-    pick = (torch.arange(n_real) * len(real_img)) // n_real  # evenly spread, like the masks of notebook 2
-    real_sub = ds.Pairs(real_pairs.images[pick], real_pairs.masks[pick], [real_pairs.names[i] for i in pick])
-    seg = dict(ds.PROFILES["smoke" if profile == "smoke" else "cpu-demo"])
-    seg["steps"] = downstream_steps or seg["steps"]
-    seg_cfg = {k: seg[k] for k in ("steps", "batch_size", "lr", "channels", "strides", "num_res_units")}
-    rows = []
-    for j, (name, g) in enumerate(generated.items()):
-        synth = ds.Pairs(g["images"].mean(1, keepdim=True), g["masks"], [str(i) for i in range(len(g["images"]))])
-        rows += ds.run_downstream(real_sub, held, synth, k=(1,), seeds=3, synthetic_name=name.replace("_", " "),
-                                  include_real=(j == 0), progress=True, **seg_cfg)
-    summary = ds.summarise(rows)
-    ds.write_report(run.path / "downstream", rows, summary, dataset=f"{source}, held-out pairs",
-                    synthetic_source=f"Siamese-Diffusion ({cfg['backend']}) from real and random masks",
-                    config={"n_real": n_real, **seg_cfg})
-    sec = json.loads((run.path / "downstream" / "metrics.json").read_text())["downstream"]
-    run.update_metrics("downstream", sec)
-    print((run.path / "downstream" / "downstream.md").read_text())
 
 # %% [markdown]
 # ## Summary

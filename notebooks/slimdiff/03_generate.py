@@ -65,7 +65,7 @@ import torch
 
 from medkit import env, viz
 from medkit.data.lesion_slices import LesionSliceDataset
-from medkit.eval.downstream import save_pairs
+from medkit.data import save_pairs
 from medkit.methods import slimdiff
 from medkit.run import RunDir
 from medkit.train import load_weights
@@ -99,7 +99,7 @@ tokens = np.asarray(plan["tokens"])
 np.savez_compressed(run.samples / "generated.npz", images=images.numpy(), masks=masks.numpy().astype(np.uint8),
                     tokens=tokens, z_bins=tokens % cfg["n_bins"], classes=tokens // cfg["n_bins"], seed=plan["seed"])
 names = [f"{i:05d}_z{t % cfg['n_bins']:02d}_{'lesion' if t >= cfg['n_bins'] else 'free'}" for i, t in enumerate(tokens)]
-save_pairs(run.samples / "pairs", images, masks, names=names, overwrite=True)  # readable by the other loaders
+save_pairs(run.samples / "pairs", images, masks, fmt="npy", names=names, overwrite=True)  # exact; medkit.data.load_pairs reads it
 run.update_metrics("generation", {"n": len(tokens), "steps": int(steps or cfg["sampling_steps"]),
                                   "eta": float(cfg["sampling_eta"] if eta is None else eta),
                                   "rederive_eps": rederive_eps, "timestep_spacing": cfg["timestep_spacing"],
