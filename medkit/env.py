@@ -33,7 +33,15 @@ def platform() -> str:
 
 
 def default_budget_s() -> float | None:
-    """Wall-clock budget for one training call: 11 h 15 min on Kaggle, none elsewhere."""
+    """The session's wall-clock budget for training: 11 h 15 min on Kaggle, none elsewhere; ``$MEDKIT_BUDGET_S``
+    (seconds) sets it on any platform (Colab Pro's longer sessions, a shorter test). ``medkit.session`` counts
+    it from the kernel's start."""
+    if os.environ.get("MEDKIT_BUDGET_S"):
+        try:
+            return float(os.environ["MEDKIT_BUDGET_S"])
+        except ValueError:
+            raise ValueError(f"MEDKIT_BUDGET_S={os.environ['MEDKIT_BUDGET_S']!r}: seconds, e.g. 40500 "
+                             f"(11 h 15 min)") from None
     return float(KAGGLE_BUDGET_S) if on_kaggle() else None
 
 

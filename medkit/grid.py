@@ -38,7 +38,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import env
+from . import env, session
 from .run import write_json_atomic
 from .eval.results import flatten
 
@@ -216,8 +216,8 @@ def _run_one(method, profile, run_dir: Path, params, stages, backend, log, remot
     if backend == "local":
         from .notebooks import run_pipeline
 
-        run_pipeline(method, profile, run_dir, params, stages, log=log)
-        remote = {}
+        metrics = run_pipeline(method, profile, run_dir, params, stages, log=log)
+        remote = {"stopped": metrics["stopped"]} if metrics.get("stopped") else {}
     else:
         from . import kaggle
 
@@ -226,7 +226,7 @@ def _run_one(method, profile, run_dir: Path, params, stages, backend, log, remot
     inside = sum(_notebook_seconds(run_dir / "notebooks" / f"{s}.ipynb") for s in stages) if backend == "local" else None
     out = {"seconds": wall, "notebook_cell_seconds": inside}
     if remote:
-        out.update({k: remote.get(k) for k in ("ref", "version", "url")})
+        out.update({k: remote[k] for k in ("ref", "version", "url", "stopped") if k in remote})
     return out
 
 
@@ -239,6 +239,7 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
     """
     if not isinstance(parallel, int) or parallel < 1:
         raise GridError(f"parallel={parallel!r}: must be an integer >= 1")
+    profile = session.resolve_profile(profile, log=log)
     spec = load_grid(grid, profile)
     if backend not in ("local", "kaggle"):
         raise GridError(f"backend={backend!r}: use 'local' or 'kaggle'")
@@ -277,7 +278,8 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
             try:
                 r = _run_one(spec["method"], profile, out / SHARED, spec["shared_params"], spec["shared_stages"],
                              backend, log, remote_opts)
-                state["cells"][SHARED] = {"status": "done", "key": key, **r}
+                state["cells"][SHARED] = {"status": "stopped" if r.get("stopped") else "done", "key": key, **r}
+                shared_ok = None if r.get("stopped") else True
             except Exception as e:  # noqa: BLE001 - recorded, then every cell is marked as blocked by it
                 shared_ok = False
                 state["cells"][SHARED] = {"status": "failed", "key": key, "error": _error_text(e)}
@@ -303,9 +305,11 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
             log(f"[grid] {name}: {msg}")
             return
         if not shared_ok:
+            why = ("not run: the shared stages stopped at the wall-clock budget; run the grid again to continue"
+                   if shared_ok is None else f"not run: the shared stages failed (see {out / SHARED / 'error.txt'})")
             with lock:
-                state["cells"][name] = {"status": "failed", "key": key, "params": cell["params"],
-                                        "error": f"not run: the shared stages failed (see {out / SHARED / 'error.txt'})"}
+                state["cells"][name] = {"status": "stopped" if shared_ok is None else "failed", "key": key,
+                                        "params": cell["params"], "error": why}
                 save()
             return
         log(f"[grid] {name}: {cell['params']} stages {cell['stages']}")
@@ -318,8 +322,11 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
             opts["kernel_sources"] = tuple(opts.get("kernel_sources", ())) + ((ref,) if ref else ())
         try:
             r = _run_one(spec["method"], profile, run_dir, cell["params"], cell["stages"], backend, log, opts)
-            result = {"status": "done", "key": key, "params": cell["params"], **r}
+            # a budget stop is not a failure: the next `grid run` continues the cell from its checkpoint
+            result = {"status": "stopped" if r.get("stopped") else "done", "key": key, "params": cell["params"], **r}
             (run_dir / "error.txt").unlink(missing_ok=True)
+            if r.get("stopped"):
+                log(f"[grid] {name}: {r['stopped']['message']}")
         except Exception as e:  # noqa: BLE001 - a failed cell is recorded and the grid goes on
             result = {"status": "failed", "key": key, "params": cell["params"], "error": _error_text(e)}
             _write_error(run_dir, e)
@@ -395,6 +402,10 @@ def aggregate(spec: dict | str, out: str | os.PathLike, profile: str = "cpu-demo
     failed = df[df["status"] == "failed"]
     if len(failed):
         md += ["", "Failed cells:", ""] + [f"- {r['cell']}: {r['error']}" for _, r in failed.iterrows()]
+    stopped = df[df["status"] == "stopped"]
+    if len(stopped):
+        md += ["", "Stopped at the wall-clock budget (run the grid again to continue them): "
+               + ", ".join(stopped["cell"]) + "."]
     md += ["", f"Written by `python -m medkit grid run {spec['name']} --profile {spec['profile']} --out {out.name}`; "
            "all scalars of every cell's metrics.json are in results.csv."]
     (out / "results.md").write_text("\n".join(md) + "\n")

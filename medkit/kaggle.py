@@ -48,6 +48,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from . import session
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 TEMPLATE_DIR = REPO_ROOT / "kaggle"
@@ -319,7 +321,7 @@ if importlib.util.find_spec("monai") is None:  # Kaggle's image has torch, not M
 _DRIVER_PARAMS = string.Template("""\
 method = $method           # the method whose notebooks run, in order: $stages
 stages = None              # None: all of them; or a list of stage names
-profile = "cpu-demo"       # "smoke" | "cpu-demo" | "t4"
+profile = "auto"           # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 params = {}                # notebook parameters, passed to every stage that has them
 run_dir = "/kaggle/working"  # saved as this version's output; attach it to the next version to resume""")
 
@@ -660,6 +662,7 @@ def run_remote(notebook_or_stages, params, out_dir, *, gpu: bool = True, dataset
                                   f"(timeout_s={timeout_s:g}); it keeps running on Kaggle: {url}. Fetch its output "
                                   f"later with `kaggle kernels output {ref} -p {out_dir}`", ref, None, "timeout")
     out_dir.mkdir(parents=True, exist_ok=True)
+    session.clear_stop(out_dir)  # an earlier version's stop; this version's output brings its own if it stopped
     log_path = out_dir / f"{ref.split('/')[1]}.log"
     try:
         got = api.kernels_output(ref, str(out_dir), force=True, quiet=True)
@@ -674,8 +677,13 @@ def run_remote(notebook_or_stages, params, out_dir, *, gpu: bool = True, dataset
                               f"{': ' + message if message else ''}; its log: {log_path}; the kernel: {url}",
                               ref, log_path, status)
     log(f"[kaggle] {ref} v{version}: {len(files or [])} output file(s) in {out_dir} ({seconds / 60:.1f} min)")
-    return {"status": status, "ref": ref, "version": version, "url": url, "seconds": seconds,
-            "out_dir": str(out_dir), "files": len(files or []), "log": str(log_path)}
+    out = {"status": status, "ref": ref, "version": version, "url": url, "seconds": seconds,
+           "out_dir": str(out_dir), "files": len(files or []), "log": str(log_path)}
+    stop = session.read_stop(out_dir)  # the kernel ended at its session budget: complete, but not finished
+    if stop is not None:
+        log(f"[kaggle] {ref} v{version}: {stop['message']}")
+        out["stopped"] = stop
+    return out
 
 
 def run_grid_cell(method: str, profile: str, run_dir, params: dict, stages, *, log=print, **opts) -> dict:

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import env
-from .run import RunDir
+from . import env, session
+from .run import RunDir, write_json_atomic
 
 NOTEBOOK_DIR = env.REPO_ROOT / "notebooks"
 PIPELINES = {
@@ -36,12 +36,15 @@ def run_pipeline(method: str, profile: str, out, params: dict | None = None, sta
     """Execute the method's notebooks into ``out/notebooks/`` with ``profile`` and ``run_dir=out``.
 
     Every stage resumes from its own checkpoints, so running the same command again after an
-    interruption continues where it stopped. Returns the run's metrics.json (with ``wall_seconds``).
+    interruption continues where it stopped. A stage stopped by the wall-clock budget ends successfully
+    (``medkit.session``): the later stages are not run and metrics.json says ``stopped``. Returns the run's
+    metrics.json (with ``wall_seconds``). ``profile="auto"``: t4 with a CUDA GPU, else cpu-demo.
     """
     import papermill as pm
 
     if method not in PIPELINES:
         raise ValueError(f"unknown method {method!r}; available: {sorted(PIPELINES)}")
+    profile = session.resolve_profile(profile, log=log)
     stages = stages or PIPELINES[method]
     unknown = [s for s in stages if s not in PIPELINES[method]]
     if unknown:
@@ -58,6 +61,7 @@ def run_pipeline(method: str, profile: str, out, params: dict | None = None, sta
         dst = nb_dir / src.name
         t = time.perf_counter()
         log(f"[medkit] {method} {stage} (profile {profile}) -> {dst}")
+        session.clear_stop(run.path)
         try:
             pm.execute_notebook(str(src), str(dst), parameters={"profile": profile, "run_dir": str(run.path), **(params or {})},
                                 kernel_name=kernel_name, cwd=str(src.parent), progress_bar=sys.stderr.isatty(),
@@ -66,9 +70,17 @@ def run_pipeline(method: str, profile: str, out, params: dict | None = None, sta
             raise NotebookFailed(f"{method}/{stage} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                                  f"The executed notebook with the traceback: {dst}. Run the same command "
                                  "again to resume after fixing the cause.") from None
+        stop = session.read_stop(run.path)
+        if stop is not None:
+            later = stages[stages.index(stage) + 1:]
+            log(f"[medkit] {method} {stage}: {stop['message']}" + (f" Not run yet: {later}." if later else ""))
+            return run.update_metrics(None, None, profile=profile, method=method, stopped=stop)
         log(f"[medkit] {stage} done in {time.perf_counter() - t:.1f} s")
     wall = time.perf_counter() - t0
-    m = run.update_metrics(None, None, wall_seconds=wall, profile=profile, method=method)
+    m = run.metrics()
+    m.pop("stopped", None)  # a stop of an earlier call, now continued to the end
+    m.update(wall_seconds=wall, profile=profile, method=method)
+    write_json_atomic(run.path / "metrics.json", m)
     log(f"[medkit] {method} finished in {wall:.1f} s; results in {run.path / 'metrics.json'}")
     log(json.dumps({k: m[k] for k in m if k in ("vae", "ldm", "sampling")}, indent=1))
     return m

@@ -1,6 +1,7 @@
 """Experiment grids: grid files, the runner (skip, resume, failures) and the aggregation."""
 import json
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -213,3 +214,32 @@ def test_results_table_writes_the_home_folder_as_tilde(tmp_path, monkeypatch):
     text = (out / "results.csv").read_text()
     assert str(home) not in text and "~/.cache/torch/hub/checkpoints/weights.pth" in text
     assert df.loc[0, "eval.mmd"] == 1.5
+
+
+def test_a_cell_stopped_by_its_session_budget_is_stopped_not_failed_and_continues(tmp_path, monkeypatch):
+    """A Kaggle cell kernel that ran out of session time completes (its notebook ends successfully) with
+    stopped.json in its output: the grid records 'stopped', says so in results.md, and runs it again next time."""
+    from test_kaggle import FakeApi
+
+    class BudgetApi(FakeApi):
+        def kernels_output(self, ref, path, force=False, quiet=True, **kwargs):
+            got = super().kernels_output(ref, path, force, quiet)
+            if "threshold-0-1" in ref and self.first:  # one cell's first version ran out of time
+                self.first = False
+                (Path(path) / "stopped.json").write_text(json.dumps(
+                    {"stage": "ldm", "step": 20, "reason": "budget", "message": "ldm stopped by the wall-clock budget"}))
+            return got
+
+    for k in [k for k in __import__("os").environ if k.startswith("KAGGLE_")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    api = BudgetApi(["complete"] * 7)
+    api.first = True
+    opts = dict(backend="kaggle", log=lambda m: None, api=api, owner="me", poll_s=0, sleep=lambda s: None)
+    state = grid.run_grid("E2.4", "smoke", tmp_path / "E2.4", **opts)
+    status = {k: e["status"] for k, e in state["cells"].items()}
+    assert status.pop("threshold-0.1") == "stopped" and set(status.values()) == {"done"}, state["cells"]
+    assert "Stopped at the wall-clock budget (run the grid again to continue them): threshold-0.1." in (
+        tmp_path / "E2.4" / "results.md").read_text()
+    state = grid.run_grid("E2.4", "smoke", tmp_path / "E2.4", **opts)  # only the stopped cell runs again
+    assert len(api.pushed) == 6 and all(e["status"] == "done" for e in state["cells"].values())

@@ -148,21 +148,39 @@ def test_failed_notebook_reports_the_cell(tmp_path):
     assert "03_sampling failed" in r.stderr and "run that stage's notebook first" in r.stderr
 
 
-def test_budget_stop_then_rerun_resumes(tmp_path):
-    """A wall-clock budget stops the VAE notebook with a checkpoint; the same command without it resumes."""
+def test_budget_stop_ends_the_notebook_successfully_then_rerun_resumes(tmp_path):
+    """A simulated Kaggle kernel whose session budget is spent before training starts (the budget counts from the
+    kernel's start, not from the training call): the VAE notebook saves a checkpoint, every later cell says it was
+    skipped, papermill and the command exit 0, metrics.json says stopped; the same command again resumes."""
     out = tmp_path / "budget"
     base = [sys.executable, "-m", "medkit", "run", "sbldm", "--profile", "smoke", "--out", str(out),
-            "--stages", "01_vae"]
-    stopped = subprocess.run(base + ["-p", "budget_s", "0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert stopped.returncode == 1
-    assert "Stopped by the wall-clock budget at step 0" in stopped.stderr
+            "--stages", "01_vae", "03_sampling"]
+    kaggle = {**os.environ, "KAGGLE_KERNEL_RUN_TYPE": "Batch", "MEDKIT_BUDGET_S": "1",
+              "MEDKIT_CACHE": str(tmp_path / "cache")}
+    stopped = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300, env=kaggle)
+    assert stopped.returncode == 0, stopped.stderr[-3000:]
+    log = stopped.stdout + stopped.stderr
+    assert "vae stopped by the wall-clock budget at step 0" in log and "Not run yet: ['03_sampling']" in log
     assert (out / "checkpoints" / "vae" / "latest").read_text().strip() == "step_00000000"
-    resumed = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert json.loads((out / "metrics.json").read_text())["stopped"]["stage"] == "vae"
+    assert not (out / "notebooks" / "03_sampling.ipynb").exists()
+    nb = json.loads((out / "notebooks" / "01_vae.ipynb").read_text())
+    outputs = ["".join("".join(o.get("text", "")) for o in c.get("outputs", [])) for c in nb["cells"]
+               if c["cell_type"] == "code"]
+    assert not any(o.get("output_type") == "error" for c in nb["cells"] for o in c.get("outputs", []))
+    assert "Kaggle session's 11 h 15 min, counted from the kernel's start" in "".join(outputs)
+    i = next(k for k, text in enumerate(outputs) if "[medkit] vae stopped" in text)
+    assert i < len(outputs) - 1 and all(text.startswith("[medkit] skipped: vae stopped") for text in outputs[i + 1:])
+
+    resumed = subprocess.run(base[:-1], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             env={k: v for k, v in kaggle.items() if k not in ("KAGGLE_KERNEL_RUN_TYPE", "MEDKIT_BUDGET_S")})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     nb = json.loads((out / "notebooks" / "01_vae.ipynb").read_text())
     text = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
-    assert "resumed vae from step_00000000" in text
+    assert "resumed vae from step_00000000" in text and "[medkit] skipped" not in text
     assert (out / "checkpoints" / "vae" / "latest").read_text().strip() == "step_00000012"
+    assert "stopped" not in json.loads((out / "metrics.json").read_text())
+    assert not (out / "stopped.json").exists()
 
 
 def test_cli_rejects_an_unknown_stage(tmp_path):

@@ -328,19 +328,16 @@ def latent_scale(vae: nn.Module, dataset, n: int = 64, batch: int = 4, device="c
 
 def train_stage(run, stage: str, model: nn.Module, loss_fn, dataset, cfg: dict, *, steps: int, lr: float,
                 batch: int, device, budget_s="auto"):
-    """One resumable stage through the kit's Trainer (AdamW, EMA, atomic checkpoints); stops the notebook with
-    a clear message when the wall-clock budget ends it, so that running it again continues."""
+    """One resumable stage through the kit's Trainer (AdamW, EMA, atomic checkpoints). At a wall-clock budget
+    stop ``result.finished`` is False: the notebook ends its cell with ``session.end_if_stopped(result, ...)``,
+    which skips the rest of the notebook successfully, so that running it again continues."""
     from ..train import Trainer
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     trainer = Trainer(model, opt, run_dir=run.path, stage=stage, config=cfg, max_steps=steps,
                       ema_decay=cfg["ema_decay"], precision=cfg["precision"], ckpt_every=cfg["ckpt_every"],
                       budget_s=budget_s, seed=cfg["seed"], device=device)
-    result = trainer.fit(dataset, batch, loss_fn)
-    if not result.finished:
-        raise SystemExit(f"Stopped by the wall-clock budget at step {result.step} of '{stage}': run this notebook "
-                         "again to continue.")
-    return trainer, result
+    return trainer, trainer.fit(dataset, batch, loss_fn)
 
 
 def count(model: nn.Module) -> int:

@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
-from medkit import env
+from medkit import env, session
 from medkit.train.checkpoint import (CheckpointError, clean_temp_dirs, load_checkpoint, resume_candidates,
                                      save_checkpoint)
 from medkit.train.data import batch_stream
@@ -197,6 +197,9 @@ class Trainer:
     ``seed``: seeds torch/python/numpy RNGs at a fresh start (dropout, noise) and the data order.
     ``resume``: "auto" (continue from the newest valid checkpoint if any), "force" (the same, even
     if the config differs), "never" (start fresh; refuses if checkpoints exist, to protect them).
+    ``budget_s``: wall-clock limit; at it, a checkpoint is saved and ``fit`` returns with reason "budget".
+    "auto": on Kaggle, 11 h 15 min counted from the kernel's start (the session clock Kaggle enforces; see
+    ``medkit.session``), none elsewhere; a number: seconds from the start of this ``fit`` call; None: no limit.
     ``on_checkpoint``: callables ``f(path)`` run after each checkpoint is written (e.g. to copy it away).
     ``persist``: on Kaggle/Colab, restore this stage from a previous session's output or Google Drive
     before resuming, and mirror checkpoints to Drive on Colab (``medkit.persist``); no-op elsewhere.
@@ -251,7 +254,8 @@ class Trainer:
         self.grad_accum = grad_accum
         self.clip_grad = clip_grad
         self.ckpt_every, self.keep, self.log_every = ckpt_every, keep, log_every
-        self.budget_s = env.default_budget_s() if budget_s == "auto" else budget_s
+        session.budget_left_s(budget_s)  # a bad value fails here, not after the data is cached
+        self.budget_s = budget_s  # "auto": the Kaggle session clock, from the kernel's start (medkit.session)
         self.seed = seed
         self.ignore_config_keys = tuple(ignore_config_keys)
         self.progress = progress
@@ -541,6 +545,7 @@ class Trainer:
         ``batch`` is the DataLoader batch already on the device.
         """
         t_fit = time.perf_counter()
+        budget = session.budget_left_s(self.budget_s)
         self._overhead = {"checkpoint": 0.0, "sync": 0.0, "log": 0.0, "plot": 0.0, "ema": 0.0}
         self._pbar = None
         self._last_ckpt_step = None
@@ -600,7 +605,7 @@ class Trainer:
         self.model.train()
         try:
             while self.step < self.max_steps:
-                if self.budget_s is not None and time.perf_counter() - t_fit > self.budget_s:
+                if budget is not None and time.perf_counter() - t_fit > budget:
                     reason = "budget"
                     break
                 self.optimizer.zero_grad(set_to_none=True)
@@ -687,8 +692,10 @@ class Trainer:
             self.log(f"{self.stage}: early stop at step {self.step}: {self.patience} validations without improvement; "
                      f"best validation loss {self._val['best']:.6g} at step {self._val['best_step']}.")
         if reason == "budget":
-            self.log(f"{self.stage}: time budget of {self.budget_s:.0f} s used up at step {self.step}/"
-                     f"{self.max_steps}; checkpoint saved. Run again (a new session) to continue.")
+            clock = ("the Kaggle session's 11 h 15 min, counted from the kernel's start" if self.budget_s == "auto"
+                     else f"{budget:.0f} s")
+            self.log(f"{self.stage}: time budget ({clock}) used up at step {self.step}/{self.max_steps}; checkpoint "
+                     f"saved. Run again (a new session) to continue.")
         return result(reason)
 
     def _validation(self, t_fit: float) -> None:

@@ -66,7 +66,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (the plan's scale, one 16 GB T4)
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (the plan's scale, one 16 GB T4)
 run_dir = ""           # run directory shared by the four notebooks; empty: <run root>/ctsr-<profile>
 data = "mni152"        # "mni152" (real MRI, nilearn) | a thin-slice NIfTI file | a DICOM series folder | a thin/ + thick/ folder
 factor = 4             # r: thin slices per thick slice (2..8)
@@ -81,12 +81,13 @@ budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15
 import numpy as np
 import torch
 
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.data import srdata
 from medkit.methods import ctsr, ctsr_infer
 from medkit.metrics import volume as vm
 from medkit.run import RunDir
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"ctsr-{profile}")
 cfg = ctsr.config(profile, data=data, factor=factor, slice_profile=slice_profile, space=space, vae_steps=vae_steps,
@@ -145,6 +146,9 @@ else:
                                        cfg, steps=cfg["vae_steps"], lr=cfg["vae_lr"], batch=cfg["vae_batch"],
                                        device=dev, budget_s=budget_s)
     print(result)
+    session.end_if_stopped(result, run, "vae")  # a budget stop: the rest of the notebook is skipped, successfully
+
+# %%
 run.save_config("data_vae", cfg)
 from medkit import fidelity
 

@@ -67,7 +67,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 run_dir = ""           # the run directory of notebook 1; empty: <run root>/ctsr-<profile>
 resshift = None        # "v1" (15 steps) | "v3" (4 steps); None: "v1"
 conditioning = None    # "concat" (ResShift) | "controlnet" (IRControlNet, DiffBIR); None: "concat"
@@ -80,11 +80,12 @@ budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15
 # %%
 import torch
 
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.data import srdata
 from medkit.methods import ctsr
 from medkit.run import RunDir
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"ctsr-{profile}")
 base = run.load_config("data_vae", needed_by="ResShift training")
@@ -123,6 +124,9 @@ trainer, result = ctsr.train_stage(run, "resshift", model, lambda m, b, step: ct
                                    patches, cfg, steps=cfg["sr_steps"], lr=cfg["sr_lr"], batch=cfg["sr_batch"],
                                    device=dev, budget_s=budget_s)
 print(result)
+session.end_if_stopped(result, run, "resshift")  # a budget stop: the rest of the notebook is skipped, successfully
+
+# %%
 run.update_metrics("resshift", {"params": ctsr.count(model), "steps": result.step, "final_loss": result.last_loss,
                                 "train_seconds": result.seconds, "conditioning": cfg["conditioning"],
                                 "preset": cfg["resshift"], "T": sched.num_train_timesteps, "space": cfg["space"]})
@@ -135,11 +139,19 @@ if baselines:
     reg = ctsr.Regression(cfg)
     _, r_reg = ctsr.train_stage(run, "regression", reg, ctsr.regression_loss, patches, cfg, steps=cfg["reg_steps"],
                                 lr=cfg["reg_lr"], batch=cfg["sr_batch"], device=dev, budget_s=budget_s)
+    session.end_if_stopped(r_reg, run, "regression")
+
+# %%
+if baselines:
     ddpm = ctsr.ddpm_scheduler(cfg)
     eps_model = ctsr.build_denoiser(cfg, target="eps")
     _, r_ddpm = ctsr.train_stage(run, "ddpm", eps_model, lambda m, b, step: ctsr.ddpm_loss(m, b, step, ddpm, vae, scale),
                                  patches, cfg, steps=cfg["ddpm_steps"], lr=cfg["sr_lr"], batch=cfg["sr_batch"],
                                  device=dev, budget_s=budget_s)
+    session.end_if_stopped(r_ddpm, run, "ddpm")
+
+# %%
+if baselines:
     run.update_metrics("baselines", {"regression_params": ctsr.count(reg), "regression_final_l1": r_reg.last_loss,
                                      "regression_train_seconds": r_reg.seconds, "ddpm_params": ctsr.count(eps_model),
                                      "ddpm_final_loss": r_ddpm.last_loss, "ddpm_train_seconds": r_ddpm.seconds})

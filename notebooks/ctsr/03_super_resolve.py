@@ -63,7 +63,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/ctsr-<profile>
 short_steps = None     # the few-step ResShift variant (respaced); None: the profile value (4)
 ddim_steps = None      # DDIM steps of the DDPM baseline; None: the profile value (50)
@@ -74,12 +74,13 @@ device = "auto"        # "auto" | "cpu" | "cuda"
 import numpy as np
 import torch
 
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.data import srdata, thickslice as ts, volumes as V
 from medkit.methods import ctsr, ctsr_infer
 from medkit.run import RunDir
 from medkit.train import load_weights
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"ctsr-{profile}")
 cfg = run.load_config("resshift", needed_by="super-resolution")

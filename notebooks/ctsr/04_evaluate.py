@@ -57,18 +57,19 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 run_dir = ""           # the run directory of notebooks 1-3; empty: <run root>/ctsr-<profile>
 n_boot = 1000          # bootstrap resamples of the per-slice measures
 
 # %%
 import numpy as np
 
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.data import srdata, thickslice as ts
 from medkit.metrics import volume as vm
 from medkit.run import RunDir
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 run = RunDir(run_dir, default_name=f"ctsr-{profile}")
 cfg = run.load_config("resshift", needed_by="evaluation")
 sr_data = srdata.load_sr_data(cfg)

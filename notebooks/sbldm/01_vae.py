@@ -58,7 +58,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
 data = "mni152"        # "mni152" (real MRI shipped with nilearn) or a folder of NIfTI volumes
 run_dir = ""           # run directory shared by the four SBLDM notebooks; empty: <run root>/sbldm-<profile>
 image_size = None      # pixels per side; None: profile value (smoke 32, cpu-demo 64, t4 128)
@@ -71,12 +71,13 @@ budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15
 import torch
 
 import medkit
-from medkit import data as mdata, env, metrics, viz
+from medkit import data as mdata, env, metrics, session, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
 from medkit.eval import entry
 from medkit.train import Trainer
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 cfg = sbldm.config(profile, data=data, image_size=image_size, vae_steps=vae_steps, vae_batch=vae_batch)
 run = RunDir(run_dir, default_name=f"sbldm-{profile}")
@@ -126,8 +127,7 @@ trainer = Trainer(vae, opt, run_dir=run.path, stage="vae", config=cfg, max_steps
                   ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"], device=dev)
 result = trainer.fit(train_ds, cfg["vae_batch"], lambda m, b, step: sbldm.vae_loss(m, b, step, cfg))
 print(result)
-if not result.finished:
-    raise SystemExit(f"Stopped by the wall-clock budget at step {result.step}: run this notebook again to continue.")
+session.end_if_stopped(result, run, "vae")  # a budget stop: the rest of the notebook is skipped, successfully
 
 # %% [markdown]
 # ## Curves

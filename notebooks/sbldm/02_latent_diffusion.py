@@ -53,7 +53,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
 run_dir = ""           # the run directory of notebook 1; empty: <run root>/sbldm-<profile>
 ldm_steps = None       # optimiser steps; None: profile value (cpu-demo 2000, t4 50k)
 ldm_batch = None       # latents per step; None: the profile value
@@ -69,11 +69,12 @@ budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15
 import torch
 
 import medkit
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
 from medkit.train import Trainer, load_weights
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"sbldm-{profile}")
 vae_cfg = run.load_config("vae", needed_by="latent diffusion")
@@ -171,8 +172,7 @@ trainer = Trainer(unet, opt, run_dir=run.path, stage="ldm", config=cfg, max_step
                   ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"], device=dev)
 result = trainer.fit(latents, cfg["ldm_batch"], lambda m, z0, step: sbldm.ldm_loss(m, z0, step, scheduler, cfg))
 print(result)
-if not result.finished:
-    raise SystemExit(f"Stopped by the wall-clock budget at step {result.step}: run this notebook again to continue.")
+session.end_if_stopped(result, run, "ldm")  # a budget stop: the rest of the notebook is skipped, successfully
 
 # %% [markdown]
 # ## Curves

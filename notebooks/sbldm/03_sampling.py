@@ -57,7 +57,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/sbldm-<profile>
 n_samples = None       # slices to generate; None: profile value (16 smoke/cpu-demo, 64 t4)
 sampling_steps = None  # DDIM steps; None: profile value (50)
@@ -75,11 +75,12 @@ import time
 import numpy as np
 import torch
 
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
 from medkit.train import load_weights
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"sbldm-{profile}")
 cfg = run.load_config("ldm", needed_by="sampling")

@@ -59,7 +59,7 @@ if importlib.util.find_spec("medkit") is None:
                         "-r", str(root / "requirements-nodeps.txt")], check=False)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
 run_dir = ""           # the run directory of notebooks 1-3; empty: <run root>/sbldm-<profile>
 features = "auto"      # comma-separated extractors: "vae" (the run's VAE encoder, no download) | "inception" (FID/KID; needs the FID network's weights) | "auto" (vae, plus inception when its weights are found)
 n_boot = 200           # bootstrap resamples for the Frechet-distance CI
@@ -72,11 +72,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from medkit import data as mdata, env, metrics, viz
+from medkit import data as mdata, env, metrics, session, viz
 from medkit.eval import entry
 from medkit.eval.evaluate import distribution_metrics
 from medkit.run import RunDir
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"sbldm-{profile}")
 cfg = run.load_config("ldm", needed_by="evaluation")

@@ -64,7 +64,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (scratch only, minutes on a CPU) | "t4" (one 16 GB T4)
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (scratch only, minutes on a CPU) | "t4" (one 16 GB T4)
 backend = "scratch"    # "scratch" (MONAI, from zero, pixel space) | "sd15" (Stable Diffusion 1.5 + ControlNet)
 run_dir = ""           # the run directory; empty: <run root>/siamese-<backend>-<profile>
 data = None            # "mni152-tissue" (embedded), a folder of image/mask pairs (Kvasir-SEG, CVC-ClinicDB, ISIC 2016/2018, PraNet, prompt.json) or "fixture:<layout>" (synthetic, offline); None: the profile's
@@ -92,12 +92,13 @@ import matplotlib.pyplot as plt
 import torch
 
 import medkit
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.data import pairs
 from medkit.methods import siamese
 from medkit.run import RunDir
 from medkit.train import Trainer
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"siamese-{backend}-{profile}")
 overrides = dict(siamese.ABLATIONS[ablation]) if ablation else {}
@@ -201,8 +202,7 @@ trainer = Trainer(params, opt, run_dir=run.path, stage="siamese", config=cfg, ma
 result = trainer.fit(dataset, cfg["batch"],
                      lambda m, b, step: siamese.training_loss(net, b, step, scheduler, cfg, ctx, ctx_uncond))
 print(result)
-if not result.finished:
-    raise SystemExit(f"Stopped by the wall-clock budget at step {result.step}: run this notebook again to continue.")
+session.end_if_stopped(result, run, "siamese")  # a budget stop: the rest of the notebook is skipped, successfully
 
 # %% [markdown]
 # ## Curves

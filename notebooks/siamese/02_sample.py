@@ -52,7 +52,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 backend = "scratch"    # "scratch" | "sd15"
 run_dir = ""           # the run directory of notebook 1; empty: <run root>/siamese-<backend>-<profile>
 n_generate = None      # samples per mask source; None: the profile's (masks are reused in turn if there are fewer)
@@ -69,12 +69,13 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from medkit import augment, env
+from medkit import augment, env, session
 from medkit.data import pairs, save_pairs
 from medkit.methods import siamese
 from medkit.run import RunDir
 from medkit.train import load_weights
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"siamese-{backend}-{profile}")
 cfg = run.load_config("train", needed_by="sampling")

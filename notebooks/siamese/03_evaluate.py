@@ -51,7 +51,7 @@ if importlib.util.find_spec("medkit") is None:
                         "-r", str(root / "requirements-nodeps.txt")], check=False)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 backend = "scratch"    # "scratch" | "sd15"
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/siamese-<backend>-<profile>
 features = "auto"      # "inception" (FID/KID; needs its weights file) | "none" | "auto" (inception if its weights are found)
@@ -64,12 +64,13 @@ import json
 
 import torch
 
-from medkit import env, metrics, viz
+from medkit import env, metrics, session, viz
 from medkit.data import pairs
 from medkit.eval import entry
 from medkit.eval.evaluate import distribution_metrics, unpaired_lpips
 from medkit.run import RunDir
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"siamese-{backend}-{profile}")
 cfg = run.load_config("train", needed_by="evaluation")

@@ -50,7 +50,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 backend = "scratch"    # "scratch" | "sd15"
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/siamese-<backend>-<profile>
 test_data = ""         # PraNet: the folder holding TestDataset/; ISIC: the download (with test_layout); "": the run's held-out split
@@ -68,11 +68,12 @@ import json
 
 import torch
 
-from medkit import env
+from medkit import env, session
 from medkit.data import check_pairs, pairs
 from medkit.eval import seg_protocol
 from medkit.run import RunDir
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"siamese-{backend}-{profile}")
 cfg = run.load_config("train", needed_by="the segmentation protocol")

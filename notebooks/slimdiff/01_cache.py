@@ -52,7 +52,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (the paper's sizes, one 16 GB T4)
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (the paper's sizes, one 16 GB T4)
 run_dir = ""           # the run directory; empty: <run root>/slimdiff-<profile>
 data = None            # "mni152-lesions" (synthetic lesions on MNI152) or a folder of NIfTI volumes with lesion masks; None: mni152-lesions
 n_subjects = None      # synthetic subjects (each its own lesions); None: the profile's
@@ -62,11 +62,12 @@ image_size = None      # slice size in pixels; None: the profile's (smoke 32, cp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from medkit import env
+from medkit import env, session
 from medkit.data.lesion_slices import LesionSliceDataset, build_lesion_cache
 from medkit.methods import slimdiff
 from medkit.run import RunDir
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"slimdiff-{profile}")
 cfg = slimdiff.config(profile, **{k: v for k, v in dict(data=data, n_subjects=n_subjects, image_size=image_size).items()

@@ -52,7 +52,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 run_dir = ""           # the run directory of notebook 1; empty: <run root>/slimdiff-<profile>
 prediction = None      # "eps" | "v" | "x0"; None: x0 (the paper's choice)
 lp = None              # exponent p of the Lp loss; None: 1.5
@@ -72,12 +72,13 @@ import math
 import torch
 
 import medkit
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.data.lesion_slices import LesionSliceDataset, balanced_indices
 from medkit.methods import slimdiff
 from medkit.run import RunDir
 from medkit.train import Trainer
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"slimdiff-{profile}")
 data_cfg = run.load_config("cache", needed_by="training")
@@ -137,8 +138,7 @@ trainer = Trainer(unet, opt, run_dir=run.path, stage="slimdiff", config=cfg, max
                   validate=(lambda m: slimdiff.validation_loss(m, val_set, scheduler, cfg, dev)) if early else None)
 result = trainer.fit(balanced, cfg["batch"], lambda m, b, step: slimdiff.training_loss(m, b, step, scheduler, cfg))
 print(result)
-if not result.finished:
-    raise SystemExit(f"Stopped by the wall-clock budget at step {result.step}: run this notebook again to continue.")
+session.end_if_stopped(result, run, "slimdiff")  # a budget stop: the rest of the notebook is skipped, successfully
 
 # %% [markdown]
 # ## Curves

@@ -47,7 +47,7 @@ if importlib.util.find_spec("medkit") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", str(root / "requirements.txt")], check=True)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/slimdiff-<profile>
 spec = ""              # generation spec: a JSON file path or JSON text; empty: the profile's default (per-bin counts over all trained bins)
 steps = None           # DDIM steps; None: the profile's (t4: 300)
@@ -63,13 +63,14 @@ import time
 import numpy as np
 import torch
 
-from medkit import env, viz
+from medkit import env, session, viz
 from medkit.data.lesion_slices import LesionSliceDataset
 from medkit.data import save_pairs
 from medkit.methods import slimdiff
 from medkit.run import RunDir
 from medkit.train import load_weights
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"slimdiff-{profile}")
 cfg = run.load_config("train", needed_by="generation")

@@ -51,7 +51,7 @@ if importlib.util.find_spec("medkit") is None:
                         "-r", str(root / "requirements-nodeps.txt")], check=False)
 
 # %% tags=["parameters"]
-profile = "cpu-demo"   # "smoke" | "cpu-demo" | "t4"
+profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 run_dir = ""           # the run directory of notebooks 1-3; empty: <run root>/slimdiff-<profile>
 features = "auto"      # "inception" (KID; needs its weights file) | "none" | "auto" (inception if its weights are found, else skipped and said so)
 lpips = "auto"         # "vgg" | "alex" | "none" | "auto" (vgg if its weights are found)
@@ -68,12 +68,13 @@ import numpy as np
 import torch
 from scipy.stats import wasserstein_distance
 
-from medkit import env, metrics, viz
+from medkit import env, metrics, session, viz
 from medkit.data.lesion_slices import LesionSliceDataset
 from medkit.eval import entry
 from medkit.eval.evaluate import distribution_metrics, unpaired_lpips
 from medkit.run import RunDir
 
+profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
 run = RunDir(run_dir, default_name=f"slimdiff-{profile}")
 cfg = run.load_config("train", needed_by="evaluation")
