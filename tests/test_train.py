@@ -487,3 +487,54 @@ def test_early_stop_settings_are_checked(tmp_path):
         make_trainer(tmp_path, 5, validate=lambda m: 0.0)
     with pytest.raises(ValueError, match="patience"):
         make_trainer(tmp_path, 5, patience=3)
+
+
+def test_a_run_moved_to_another_machine_resumes_on_what_was_chosen(tmp_path, dataset, monkeypatch):
+    """Where-found facts (the cache folder, the optimizer the installed packages allowed) are recorded beside the
+    config, not hashed: a run directory copied to another path, where bitsandbytes and a GPU now seem available,
+    resumes with the optimizer it started with and ends equal to a run that was never moved."""
+    import sys
+    import types
+
+    from medkit.nets import sd as sdnets
+    from medkit.train import recorded_facts
+
+    def trainer(run_dir, steps, cache, like=None):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 1))
+        opt, name = sdnets.make_optimizer(model.parameters(), lr=1e-2, eight_bit="auto", like=like)
+        cfg = {**CONFIG, "cache": str(cache), "optimizer": name}
+        return Trainer(model, opt, run_dir=run_dir, stage="toy", config=cfg, max_steps=steps, ema_decay=0.9,
+                       ckpt_every=7, log_every=5, budget_s=None, progress=False, plot=False, log=lambda m: None, seed=1,
+                       device="cpu")
+
+    assert recorded_facts(tmp_path / "a", "toy") == {}
+    trainer(tmp_path / "a", 7, tmp_path / "a-cache").fit(dataset, 8, mse)
+    assert recorded_facts(tmp_path / "a", "toy") == {"cache": str(tmp_path / "a-cache"), "optimizer": "AdamW (torch)"}
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+
+    class FakeAdamW8bit(torch.optim.AdamW):  # what "auto" would now pick, were it not resuming
+        pass
+
+    monkeypatch.setitem(sys.modules, "bitsandbytes", types.SimpleNamespace(optim=types.SimpleNamespace(
+        AdamW8bit=FakeAdamW8bit)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    _, fresh_choice = sdnets.make_optimizer([nn.Parameter(torch.zeros(1))], lr=1e-2, eight_bit="auto")
+    assert fresh_choice == "AdamW8bit (bitsandbytes)"
+    logs = []
+    moved = trainer(tmp_path / "b", 14, tmp_path / "b-cache", like=recorded_facts(tmp_path / "b", "toy")["optimizer"])
+    assert type(moved.optimizer) is torch.optim.AdamW
+    moved.log = logs.append
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the toy trains on the CPU
+    r = moved.fit(dataset, 8, mse)
+    assert (r.resumed_from, r.step) == (7, 14)
+    assert any(f"cache: '{tmp_path / 'a-cache'}' -> '{tmp_path / 'b-cache'}'" in m for m in logs), logs
+    straight = trainer(tmp_path / "c", 14, tmp_path / "b-cache")
+    straight.fit(dataset, 8, mse)
+    for (k, v), (k2, v2) in zip(moved.model.state_dict().items(), straight.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), f"model tensor {k} differs"
+    # a setting that shapes the result still refuses the resume
+    with pytest.raises(ConfigMismatchError, match="width: checkpoint=16 now=32"):
+        make_trainer(tmp_path / "b", 21, config={**CONFIG, "width": 32, "cache": "x"}).fit(dataset, 8, mse)
+    with pytest.raises(ValueError, match="started with bitsandbytes' AdamW8bit but eight_bit=False"):
+        sdnets.make_optimizer([nn.Parameter(torch.zeros(1))], lr=1e-2, eight_bit=False, like="AdamW8bit (bitsandbytes)")

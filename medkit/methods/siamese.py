@@ -382,16 +382,17 @@ def latent_shape(cfg: dict, net: SiameseNet, sd=None):
     return (int(net.unet.config.in_channels), cfg["image_size"] // f, cfg["image_size"] // f)
 
 
-def make_optimizer(params: nn.Module, cfg: dict, device=None):
+def make_optimizer(params: nn.Module, cfg: dict, device=None, like: str | None = None):
     """AdamW on the trainable parameters (PyTorch's default weight decay 1e-2, as the official code); sd15 uses
-    bitsandbytes' 8-bit AdamW when it imports and a GPU is there (``eight_bit``)."""
+    bitsandbytes' 8-bit AdamW when it imports and a GPU is there (``eight_bit``). ``like``: the optimizer a
+    resumed run recorded (``recorded_facts``), used again whatever is installed now."""
     from ..nets import sd as sdnets
 
     ps = [p for p in params.parameters() if p.requires_grad]
     eight = cfg.get("eight_bit", False) if cfg["backend"] == "sd15" else False
     if eight and device is not None and torch.device(device).type != "cuda" and eight == "auto":
         eight = False
-    return sdnets.make_optimizer(ps, lr=float(cfg["lr"]), weight_decay=1e-2, eight_bit=eight)
+    return sdnets.make_optimizer(ps, lr=float(cfg["lr"]), weight_decay=1e-2, eight_bit=eight, like=like)
 
 
 def trainable(net: SiameseNet, cfg: dict) -> nn.Module:

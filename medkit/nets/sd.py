@@ -394,30 +394,47 @@ def encode_prompt(tokenizer, text_encoder: nn.Module, prompts: list[str] | str) 
     return text_encoder(ids.to(device))[0]
 
 
-def make_optimizer(params: Iterable, lr: float, weight_decay: float = 1e-2,
-                   eight_bit: bool | str = "auto") -> tuple[torch.optim.Optimizer, str]:
+def make_optimizer(params: Iterable, lr: float, weight_decay: float = 1e-2, eight_bit: bool | str = "auto",
+                   like: str | None = None) -> tuple[torch.optim.Optimizer, str]:
     """AdamW, 8-bit (bitsandbytes ``AdamW8bit``: 2 bytes of state per parameter instead of 8) where possible.
 
     eight_bit: ``"auto"`` uses it when bitsandbytes imports and CUDA is available, else torch's AdamW;
     ``True`` requires it (error otherwise); ``False`` always uses torch's AdamW. Returns (optimizer, name).
+    like: the name a run recorded when it started (resuming): the same optimizer again, whatever "auto" would
+    find now, so that its saved state loads - a run does not change optimizer because a package appeared.
     """
     if eight_bit not in ("auto", True, False):
         raise ValueError(f"make_optimizer: eight_bit={eight_bit!r}; use 'auto', True or False.")
+    if like is not None:
+        if like.startswith("AdamW8bit"):
+            if eight_bit is False:
+                raise ValueError("make_optimizer: this run was started with bitsandbytes' AdamW8bit but eight_bit="
+                                 "False now; resume with eight_bit='auto' (or True), or start a new run directory.")
+            eight_bit = True
+        elif like.startswith("AdamW (torch)"):
+            eight_bit = False
+        else:
+            raise ValueError(f"make_optimizer: like={like!r}: the recorded name of an optimizer this function "
+                             "makes ('AdamW (torch)' or 'AdamW8bit (bitsandbytes)')")
     params = list(params)
     if eight_bit:
         try:
             import bitsandbytes as bnb
         except Exception as e:
             if eight_bit is True:
-                raise ImportError(f"make_optimizer: eight_bit=True needs bitsandbytes, which does not import "
-                                  f"({type(e).__name__}: {e}). `pip install bitsandbytes`, or pass "
-                                  "eight_bit='auto' to fall back to torch's AdamW.") from e
+                raise ImportError(f"make_optimizer: {'this run was started with AdamW8bit, which' if like else 'eight_bit=True'} "
+                                  f"needs bitsandbytes, which does not import ({type(e).__name__}: {e}). `pip install "
+                                  "bitsandbytes`, or "
+                                  + ("start a new run directory." if like else
+                                     "pass eight_bit='auto' to fall back to torch's AdamW.")) from e
             bnb = None
         if bnb is not None and torch.cuda.is_available():
             return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay), "AdamW8bit (bitsandbytes)"
         if eight_bit is True:
-            raise RuntimeError("make_optimizer: eight_bit=True needs a CUDA GPU for bitsandbytes' AdamW8bit; pass "
-                               "eight_bit='auto' to fall back to torch's AdamW.")
+            raise RuntimeError(f"make_optimizer: {'this run was started with AdamW8bit, which' if like else 'eight_bit=True'} "
+                               "needs a CUDA GPU for bitsandbytes' AdamW8bit; "
+                               + ("resume it on a GPU, or start a new run directory." if like else
+                                  "pass eight_bit='auto' to fall back to torch's AdamW."))
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), "AdamW (torch)"
 
 

@@ -13,7 +13,15 @@ from medkit.train.checkpoint import (CheckpointError, find_resumable, load_check
 from medkit.train.loop import ConfigMismatchError, NonFiniteLossError, Trainer, TrainResult
 
 __all__ = ["Trainer", "TrainResult", "ConfigMismatchError", "NonFiniteLossError", "CheckpointError",
-           "save_checkpoint", "load_checkpoint", "find_resumable", "load_weights"]
+           "save_checkpoint", "load_checkpoint", "find_resumable", "load_weights", "recorded_facts"]
+
+
+def recorded_facts(run_dir, stage: str) -> dict:
+    """The where-found facts (``Trainer(facts=...)``: cache folder, weights source, optimizer) that the newest
+    valid checkpoint of ``stage`` recorded; {} for a fresh run. A notebook reads them before building what a
+    resume must match, e.g. the optimizer whose saved state it will load."""
+    path = find_resumable(Path(run_dir) / "checkpoints" / stage, log=lambda m: None)
+    return dict(read_meta(path).get("facts") or {}) if path is not None else {}
 
 
 def load_weights(run_dir, stage: str, model: nn.Module, ema: bool = True, log=print) -> dict:

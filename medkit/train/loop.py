@@ -44,6 +44,10 @@ from medkit.train.checkpoint import (CheckpointError, clean_temp_dirs, load_chec
 from medkit.train.data import batch_stream
 
 DEFAULT_IGNORE = ("run_dir", "budget_s", "log_every", "ckpt_every", "keep", "device")
+# Config keys that record where something was found on this machine, not what was chosen: a cache folder, where
+# the pretrained weights were found, which optimizer the installed packages allowed. Recorded in every checkpoint
+# beside the config ("facts"), left out of the hash: a run moved to another machine resumes.
+DEFAULT_FACTS = ("cache", "model_source", "optimizer")
 
 
 def ema_warmup_avg_fn(decay: float):
@@ -200,6 +204,8 @@ class Trainer:
     ``budget_s``: wall-clock limit; at it, a checkpoint is saved and ``fit`` returns with reason "budget".
     "auto": on Kaggle, 11 h 15 min counted from the kernel's start (the session clock Kaggle enforces; see
     ``medkit.session``), none elsewhere; a number: seconds from the start of this ``fit`` call; None: no limit.
+    ``facts``: config keys that record where something was found (a cache folder, where weights came from, the
+    optimizer the installed packages allowed): recorded in every checkpoint, not part of the resume check.
     ``on_checkpoint``: callables ``f(path)`` run after each checkpoint is written (e.g. to copy it away).
     ``persist``: on Kaggle/Colab, restore this stage from a previous session's output or Google Drive
     before resuming, and mirror checkpoints to Drive on Colab (``medkit.persist``); no-op elsewhere.
@@ -221,7 +227,7 @@ class Trainer:
                  log: Callable[[str], None] | None = None,
                  on_checkpoint: list[Callable[[Path], None]] | tuple = (), persist: bool = True,
                  validate: Callable[[nn.Module], float] | None = None, validate_every: int = 0,
-                 patience: int | None = None, min_delta: float = 0.0):
+                 patience: int | None = None, min_delta: float = 0.0, facts=DEFAULT_FACTS):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(stage)):
             raise ValueError(f"stage={stage!r}: use letters, digits, '_', '-', '.' (it names files and folders)")
         if resume not in ("auto", "force", "never"):
@@ -257,7 +263,8 @@ class Trainer:
         session.budget_left_s(budget_s)  # a bad value fails here, not after the data is cached
         self.budget_s = budget_s  # "auto": the Kaggle session clock, from the kernel's start (medkit.session)
         self.seed = seed
-        self.ignore_config_keys = tuple(ignore_config_keys)
+        self.facts = tuple(facts)
+        self.ignore_config_keys = tuple(dict.fromkeys((*ignore_config_keys, *self.facts)))
         self.progress = progress
         self.resume = resume
         self.max_nonfinite = max_nonfinite
@@ -322,6 +329,10 @@ class Trainer:
         """The EMA-averaged module, or the model itself when ``ema_decay`` is None."""
         return self.ema.module if self.ema is not None else self.model
 
+    def _facts(self) -> dict:
+        cfg = _jsonable(self.config)
+        return {k: cfg[k] for k in self.facts if k in cfg}
+
     def resolved_config(self, batch_size: int, dataset_len: int) -> dict:
         """The user config plus the trainer settings that change the result (not max_steps/precision)."""
         cfg = _jsonable(self.config)
@@ -354,7 +365,7 @@ class Trainer:
             "validation": dict(self._val),
             "python_random": _py_random_to_json(random.getstate()),
             "numpy_random": _np_random_to_json(np.random.get_state()),
-            "config": self._config, "config_hash": self._config_hash,
+            "config": self._config, "config_hash": self._config_hash, "facts": self._facts(),
             "ignore_config_keys": list(self.ignore_config_keys),
             "last_loss": self._last_loss, "seconds": self.seconds_trained,
             "window": {"n": self._win_n, "loss": float(self._win_loss),
@@ -465,8 +476,8 @@ class Trainer:
             except CheckpointError as e:
                 self.log(f"checkpoint: skipping {path.name}: {e}")
                 continue
-            if meta.get("config_hash") != self._config_hash:
-                diff = config_diff(meta.get("config", {}), resolved, self.ignore_config_keys)
+            diff = config_diff(meta.get("config", {}), resolved, self.ignore_config_keys)
+            if meta.get("config_hash") != self._config_hash and diff:
                 lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
                 if self.resume != "force":
                     raise ConfigMismatchError(
@@ -477,6 +488,11 @@ class Trainer:
                 self.log(f"resume='force': continuing {path.name} despite config changes:\n{lines}")
             self._restore(tensors, state, meta)
             self.log(f"resumed {self.stage} from {path.name} (step {self.step}/{self.max_steps})")
+            was = meta.get("facts") or {k: meta.get("config", {}).get(k) for k in self._facts()}
+            moved = {k: (was.get(k), v) for k, v in self._facts().items() if was.get(k) != v}
+            if moved:
+                self.log("found elsewhere on this machine (recorded, not a configuration change): " + "; ".join(
+                    f"{k}: {a!r} -> {b!r}" for k, (a, b) in moved.items()))
             return self.step
         if candidates:
             self.log(f"no valid checkpoint in {self.ckpt_dir}; starting {self.stage} from scratch")

@@ -96,7 +96,7 @@ from medkit import env, session, viz
 from medkit.data import pairs
 from medkit.methods import siamese
 from medkit.run import RunDir
-from medkit.train import Trainer
+from medkit.train import Trainer, recorded_facts
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -175,7 +175,8 @@ else:
 net.to(dev)
 params = siamese.trainable(net, cfg)
 scheduler = siamese.build_scheduler(cfg, "ddpm")
-opt, opt_name = siamese.make_optimizer(params, cfg, dev)
+before = recorded_facts(run.path, "siamese")  # resuming: the optimizer the run started with, whatever is installed now
+opt, opt_name = siamese.make_optimizer(params, cfg, dev, like=before.get("optimizer"))
 cfg["optimizer"] = opt_name
 run.save_config("train", cfg)
 from medkit import fidelity
