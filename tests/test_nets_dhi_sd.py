@@ -82,6 +82,13 @@ def test_patch_merging_matches_manual_space_to_depth():
     got = pm(x)
     assert got.shape == (2, 6, 2, 3)
     assert torch.allclose(got, want.permute(0, 3, 1, 2), atol=1e-6)
+    # it is MONAI's PatchMergingV2 (channels-last inside), with the parameter names checkpoints already use
+    from monai.networks.nets.swin_unetr import PatchMergingV2
+
+    assert isinstance(pm, PatchMergingV2) and sorted(pm.state_dict()) == ["norm.bias", "norm.weight", "reduction.weight"]
+    assert torch.equal(got, PatchMergingV2.forward(pm, x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    with pytest.raises(ValueError, match="needs even H and W; got 5x6"):  # MONAI would pad silently
+        pm(torch.randn(1, 3, 5, 6))
 
 
 # ---------------------------------------------------------------------------------------- MONAI ControlNet

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
 __all__ = ["DenseHintInput", "PatchMerging", "ResBlock", "install_dhi"]
@@ -42,18 +43,18 @@ class ResBlock(nn.Module):
         return self.act(self.conv2(self.act(self.conv1(x))) + self.skip(x))
 
 
-class PatchMerging(nn.Module):
-    """Swin patch merging on channels-first maps: (B, c, H, W) -> (B, 2c, H/2, W/2).
+class PatchMerging(PatchMergingV2):
+    """Swin patch merging on channels-first maps: (B, c, H, W) -> (B, 2c, H/2, W/2): MONAI's ``PatchMergingV2``.
 
     Each 2x2 patch becomes one position with 4c channels, ordered as the four pixels
     (top-left, bottom-left, top-right, bottom-right), each contributing its c channels; then
-    LayerNorm(4c) and a bias-free Linear(4c -> 2c) over the channels.
+    LayerNorm(4c) and a bias-free Linear(4c -> 2c) over the channels - MONAI's 2D layout exactly (its
+    parameters are ``norm`` and ``reduction``, as before). MONAI works channels-last and pads odd sizes; here
+    the map is channels-first and an odd size is an error (the DHI halves a hint whose size the VAE fixed).
     """
 
     def __init__(self, c: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(4 * c)
-        self.reduction = nn.Linear(4 * c, 2 * c, bias=False)
+        super().__init__(c, spatial_dims=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4:
@@ -61,9 +62,7 @@ class PatchMerging(nn.Module):
         h, w = x.shape[-2:]
         if h % 2 or w % 2:
             raise ValueError(f"PatchMerging needs even H and W; got {h}x{w}.")
-        x = torch.cat([x[..., 0::2, 0::2], x[..., 1::2, 0::2], x[..., 0::2, 1::2], x[..., 1::2, 1::2]], dim=1)
-        x = self.reduction(self.norm(x.permute(0, 2, 3, 1)))
-        return x.permute(0, 3, 1, 2).contiguous()
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
 
 
 class DenseHintInput(nn.Module):
