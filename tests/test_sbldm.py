@@ -62,8 +62,10 @@ def test_latent_cache_is_reused_until_the_vae_changes(tmp_path, monkeypatch):
 
 
 def test_warmup_cosine_schedule():
+    from medkit.train import lr_schedule
+
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-    sched = sbldm.warmup_cosine(opt, warmup_steps=10, total_steps=110, floor=0.1)
+    sched = lr_schedule(opt, warmup_steps=10, total_steps=110, floor=sbldm.LR_FLOOR)
     lrs = []
     for _ in range(111):
         lrs.append(opt.param_groups[0]["lr"])

@@ -538,3 +538,39 @@ def test_a_run_moved_to_another_machine_resumes_on_what_was_chosen(tmp_path, dat
         make_trainer(tmp_path / "b", 21, config={**CONFIG, "width": 32, "cache": "x"}).fit(dataset, 8, mse)
     with pytest.raises(ValueError, match="started with bitsandbytes' AdamW8bit but eight_bit=False"):
         sdnets.make_optimizer([nn.Parameter(torch.zeros(1))], lr=1e-2, eight_bit=False, like="AdamW8bit (bitsandbytes)")
+
+
+@pytest.mark.parametrize("warmup,total,floor", [(0, 50, 0.1), (1, 50, 0.1), (5, 40, 0.01), (3, 4, 0.0)])
+def test_lr_schedule_is_warmup_then_cosine_to_the_floor(warmup, total, floor):
+    """torch's LinearLR + CosineAnnealingLR + SequentialLR give the closed form: (s + 1) / w during the warm-up,
+    then floor + (1 - floor) (1 + cos(pi (s - w) / (n - w))) / 2."""
+    import math
+
+    from medkit.train import lr_schedule
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2e-3)
+    sched = lr_schedule(opt, warmup_steps=warmup, total_steps=total, floor=floor)
+    for s in range(total):
+        want = (s + 1) / warmup if s < warmup else floor + (1 - floor) * 0.5 * (
+            1 + math.cos(math.pi * (s - warmup) / (total - warmup)))
+        assert opt.param_groups[0]["lr"] == pytest.approx(2e-3 * want, rel=1e-12, abs=1e-18), s
+        opt.step()
+        sched.step()
+
+
+def test_lr_schedule_constant_with_warmup_and_bad_settings():
+    from medkit.train import lr_schedule
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    assert lr_schedule(opt, decay="constant") is None
+    sched = lr_schedule(opt, warmup_steps=4, decay="constant")
+    lrs = []
+    for _ in range(7):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="total_steps=None: cosine decay needs the number of training steps"):
+        lr_schedule(opt, warmup_steps=2)
+    with pytest.raises(ValueError, match="decay='step'"):
+        lr_schedule(opt, decay="step")

@@ -26,7 +26,6 @@ latents, as DDPM clips its x0 estimate to the pixel range (see ``diffusion.make_
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -38,6 +37,8 @@ from .. import diffusion, nets
 # Profiles: smoke (CI, seconds on a CPU), cpu-demo (minutes on a laptop CPU), t4 (the seed's
 # settings on one 16 GB T4). A notebook's parameters override single entries.
 # ---------------------------------------------------------------------------------------------
+LR_FLOOR = 0.1  # both stages: linear warm-up, then cosine decay to 0.1 x the base LR (medkit.train.lr_schedule)
+
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         image_size=32, vae_channels=(8, 16, 16), vae_res_blocks=1, vae_groups=8, vae_batch=16,
@@ -258,16 +259,6 @@ def ldm_loss(unet, z0: torch.Tensor, step: int, scheduler, cfg: dict | None = No
 
     freq = frequency_loss(out, target, kind=cfg.get("freq_loss", "focal"))
     return mse + lam * freq, {"mse": mse.detach(), "freq": freq.detach()}
-
-
-def warmup_cosine(optimizer, warmup_steps: int, total_steps: int, floor: float = 0.1):
-    """Linear warm-up to the base LR, then cosine decay to ``floor`` x base LR."""
-    def f(step):
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        p = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
 @torch.no_grad()

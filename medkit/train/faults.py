@@ -48,6 +48,7 @@ def build_job(spec: dict):
 
     from medkit.methods import sbldm
     from medkit.train.loop import Trainer
+    from medkit.train.schedules import lr_schedule
 
     steps, seed = int(spec["max_steps"]), int(spec.get("seed", 0))
     cfg = sbldm.config("smoke", vae_steps=steps, ldm_steps=steps, ckpt_every=int(spec["ckpt_every"]), seed=seed)
@@ -75,7 +76,7 @@ def build_job(spec: dict):
     else:
         raise ValueError(f"loop={spec['loop']!r}: use 'vae' or 'ldm'")
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = sbldm.warmup_cosine(opt, cfg["warmup_steps"], steps)
+    sched = lr_schedule(opt, warmup_steps=cfg["warmup_steps"], total_steps=steps, floor=sbldm.LR_FLOOR)
     trainer = Trainer(model, opt, run_dir=spec["run_dir"], stage=spec["loop"], config=cfg, max_steps=steps,
                       lr_scheduler=sched, ema_decay=cfg["ema_decay"], precision="fp32",
                       ckpt_every=cfg["ckpt_every"], keep=int(spec.get("keep", 2)),

@@ -75,7 +75,7 @@ from medkit import data as mdata, env, metrics, session, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
 from medkit.eval import entry
-from medkit.train import Trainer
+from medkit.train import Trainer, lr_schedule
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -112,7 +112,7 @@ viz.save_gallery(train_ds.images[:: max(1, len(train_ds) // 16)][:16], val_ds.im
 # %%
 vae = sbldm.build_vae(cfg)
 opt = torch.optim.AdamW(vae.parameters(), lr=cfg["vae_lr"], weight_decay=0.0)
-lr_sched = sbldm.warmup_cosine(opt, cfg["warmup_steps"], cfg["vae_steps"])
+lr_sched = lr_schedule(opt, warmup_steps=cfg["warmup_steps"], total_steps=cfg["vae_steps"], floor=sbldm.LR_FLOOR)
 print(f"AutoencoderKL: {medkit.nets.count_parameters(vae) / 1e6:.2f} M parameters")
 
 # %% [markdown]

@@ -72,7 +72,7 @@ import medkit
 from medkit import env, session, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
-from medkit.train import Trainer, load_weights
+from medkit.train import Trainer, load_weights, lr_schedule
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -151,7 +151,7 @@ diffusion.plot_schedules(compare, run.figures / "schedules.png");
 unet = sbldm.build_unet(cfg)
 scheduler = sbldm.build_scheduler(cfg, "ddpm")
 opt = torch.optim.AdamW(unet.parameters(), lr=cfg["ldm_lr"], weight_decay=0.0)
-lr_sched = sbldm.warmup_cosine(opt, cfg["warmup_steps"], cfg["ldm_steps"])
+lr_sched = lr_schedule(opt, warmup_steps=cfg["warmup_steps"], total_steps=cfg["ldm_steps"], floor=sbldm.LR_FLOOR)
 print(f"DiffusionModelUNet: {medkit.nets.count_parameters(unet) / 1e6:.2f} M parameters; "
       f"{cfg['beta_schedule']} betas, T = {cfg['num_train_timesteps']}")
 

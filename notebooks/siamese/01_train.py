@@ -96,7 +96,7 @@ from medkit import env, session, viz
 from medkit.data import pairs
 from medkit.methods import siamese
 from medkit.run import RunDir
-from medkit.train import Trainer, recorded_facts
+from medkit.train import Trainer, lr_schedule, recorded_facts
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -192,10 +192,8 @@ print(f"UNet {medkit.nets.count_parameters(net.unet) / 1e6:.2f} M, ControlNet "
 # `loss_consistency`, `loss_aug` and `w_i` for every logged step.
 
 # %%
-# The official code trains at a constant LR; `warmup_steps > 0` adds a linear warm-up (diffusers' schedule).
-from diffusers.optimization import get_constant_schedule_with_warmup
-
-lr_sched = get_constant_schedule_with_warmup(opt, cfg["warmup_steps"]) if cfg["warmup_steps"] else None
+# The official code trains at a constant LR; `warmup_steps > 0` adds a linear warm-up (a labelled option).
+lr_sched = lr_schedule(opt, warmup_steps=cfg["warmup_steps"], decay="constant")  # None without a warm-up
 trainer = Trainer(params, opt, run_dir=run.path, stage="siamese", config=cfg, max_steps=cfg["train_steps"],
                   lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
                   grad_accum=cfg.get("grad_accum", 1), clip_grad=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"],

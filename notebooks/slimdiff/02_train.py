@@ -76,7 +76,7 @@ from medkit import env, session, viz
 from medkit.data.lesion_slices import LesionSliceDataset, balanced_indices
 from medkit.methods import slimdiff
 from medkit.run import RunDir
-from medkit.train import Trainer
+from medkit.train import Trainer, lr_schedule
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -104,17 +104,8 @@ print(f"{len(train)} training slices -> balanced epoch of {len(balanced)}; predi
 unet = slimdiff.build_unet(cfg)
 scheduler = slimdiff.build_scheduler(cfg, "ddpm")
 opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-floor = cfg["lr_min"] / cfg["lr"]
-
-
-def lr_lambda(step):  # linear warm-up, then cosine decay to lr_min
-    if step < cfg["warmup_steps"]:
-        return (step + 1) / cfg["warmup_steps"]
-    p = min(1.0, (step - cfg["warmup_steps"]) / max(1, cfg["train_steps"] - cfg["warmup_steps"]))
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * p))
-
-
-lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda)
+# linear warm-up (none by default), then cosine decay to lr_min
+lr_sched = lr_schedule(opt, warmup_steps=cfg["warmup_steps"], total_steps=cfg["train_steps"], floor=cfg["lr_min"] / cfg["lr"])
 print(f"DiffusionModelUNet: {medkit.nets.count_parameters(unet) / 1e6:.2f} M parameters "
       f"(the paper's t4 model: 26.9 M); tokens: {2 * cfg['n_bins']}")
 
