@@ -39,7 +39,7 @@ def offline(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)  # no DNS look-ups either
-    monkeypatch.setattr(K, "_git_remote_url", lambda root=K.REPO_ROOT: None)  # no `origin` in any checkout
+    monkeypatch.setattr(K.notebook, "_git_remote_url", lambda root=K.REPO_ROOT: None)  # no `origin` in any checkout
     yield home
     assert attempts == [], f"network access attempted: {attempts}"
 
@@ -82,7 +82,7 @@ def test_dry_run_gpu_push_with_datasets_and_parameters(offline, tmp_path):
     # the medkit cell sits right before the notebook's own setup cell
     m = tagged(nb, K.MEDKIT_CELL_TAG)
     assert "medkit not found" in nb.cells[m + 1].source and m + 1 < p
-    assert '"/kaggle/input/datasets/me/medkit-src/wheels"' in nb.cells[m].source
+    assert 'CODE_REF = "me/medkit-src"' in nb.cells[m].source  # its wheels: /kaggle/input/datasets/me/medkit-src/wheels
 
 
 def test_medkit_cells_run_and_set_pip(offline, tmp_path, monkeypatch):
@@ -384,7 +384,7 @@ def test_push_code_dataset_creates_then_versions(offline, tmp_path):
     api.exists = True
     r = K.push_code_dataset("me", version_notes="fix sampler", api=api, log=lambda m: None)
     assert not r["created"] and calls[-1] == ("version", "fix sampler", "zip")
-    assert "medkit/kaggle.py" in r["files"] and not any(f.startswith(("runs/", ".venv/")) for f in r["files"])
+    assert "medkit/kaggle/__init__.py" in r["files"] and "medkit/kaggle/cells/offline.py" in r["files"] and not any(f.startswith(("runs/", ".venv/")) for f in r["files"])
     dry = K.push_code_dataset("me", dry_run=True, out_dir=tmp_path / "dry", log=lambda m: None)
     assert dry["dry_run"] and len(calls) == 4 and (tmp_path / "dry" / "dataset-metadata.json").is_file()
 
@@ -408,24 +408,24 @@ def test_cli_push_dry_run_and_errors(offline, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: dataset_sources (--dataset): 'brain-mri'")
     assert cli(["kaggle", "dataset", "--owner", "me", "--dry-run", "--out", str(tmp_path / "ds")]) == 0
-    assert (tmp_path / "ds" / "medkit" / "kaggle.py").is_file()
+    assert (tmp_path / "ds" / "medkit" / "kaggle" / "cells" / "internet.py").is_file()
     assert cli(["kaggle", "dataset", "--dry-run"]) == 2  # no owner anywhere
     assert "error: no Kaggle username" in capsys.readouterr().err
 
 
 def test_cli_run_and_templates(offline, tmp_path, monkeypatch, capsys):
     api = FakeApi(["running", "complete"])
-    monkeypatch.setattr(K, "kaggle_api", lambda: api)  # the CLI authenticates through kaggle_api()
+    monkeypatch.setattr(K.account, "kaggle_api", lambda: api)  # the CLI authenticates through kaggle_api()
     rc = cli(["kaggle", "run", "sbldm", "-p", "profile", "smoke", "--owner", "me", "--out", str(tmp_path / "r"),
               "--poll", "0"])
     out = capsys.readouterr().out
     assert rc == 0 and json.loads(out[out.index("{\n"):])["status"] == "complete"
     assert len(api.polled) == 2 and (tmp_path / "r" / "metrics.json").is_file()
     failing = FakeApi(["error"], failure="boom")
-    monkeypatch.setattr(K, "kaggle_api", lambda: failing)
+    monkeypatch.setattr(K.account, "kaggle_api", lambda: failing)
     rc = cli(["kaggle", "run", "sbldm/01_vae", "--owner", "me", "--out", str(tmp_path / "f"), "--poll", "0"])
     assert rc == 1 and "ended with status error: boom" in capsys.readouterr().err
-    monkeypatch.setattr(K, "TEMPLATE_DIR", tmp_path / "kaggle")
+    monkeypatch.setattr(K.account, "TEMPLATE_DIR", tmp_path / "kaggle")
     (tmp_path / "kaggle" / "sbldm-01_vae").mkdir(parents=True)  # an old folder name
     (tmp_path / "kaggle" / "sbldm-01_vae" / "kernel-metadata.json").write_text("{}")
     assert cli(["kaggle", "templates"]) == 0
@@ -445,3 +445,45 @@ def test_committed_templates_match_the_code():
         meta = json.loads(text)
         assert (path.parent / meta["code_file"]).resolve().is_file()  # kaggle resolves it from the folder
     assert K.stale_templates() == []
+
+
+# ------------------------------------------------------------------------- the cells medkit adds
+
+def test_cells_are_python_files_whose_settings_are_substituted():
+    from medkit.kaggle.cells import cell_source
+
+    text = cell_source("offline", CODE_REF="me/medkit-src")
+    assert 'CODE_REF = "me/medkit-src"' in text and "OWNER/medkit-src" not in text
+    nodeps = cell_source("internet", MEDKIT_PIP="git+https://x/y.git", MEDKIT_REQUIREMENTS=["monai>=1.4"],
+                         MEDKIT_NODEPS=["a==1"])
+    assert 'MEDKIT_NODEPS = ["a==1"]  # data-only packages' in nodeps  # the line's comment is kept
+    with pytest.raises(KeyError, match=r"cells/offline.py has no top-level assignment of \['NOPE'\]"):
+        cell_source("offline", NOPE=1)
+    for name in ("internet", "offline", "driver_setup", "driver_params", "driver_run"):
+        compile(cell_source(name), name, "exec")
+
+
+def test_driver_setup_cell_finds_medkit_in_an_attached_dataset(tmp_path, monkeypatch):
+    """The pipeline driver's first cell, run as Kaggle runs it: medkit not installed, the medkit-src dataset
+    attached under /kaggle/input (here tmp_path), MONAI missing -> the requirements are pip-installed."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from medkit.kaggle.cells import cell_source
+
+    src = tmp_path / "input" / "datasets" / "me" / "medkit-src"
+    (src / "medkit").mkdir(parents=True)
+    (src / "medkit" / "__init__.py").write_text("")
+    calls = []
+    real_find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n in ("medkit", "monai") else real_find(n, *a))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: calls.append(cmd))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", "")
+    ns = {}
+    exec(cell_source("driver_setup", KAGGLE_INPUT=str(tmp_path / "input")), ns)
+    assert ns["root"] == src and sys.path[0] == str(src) and os.environ["PYTHONPATH"].startswith(str(src))
+    assert calls == [[sys.executable, "-m", "pip", "install", "-q", "-r", str(src / "requirements.txt")]]
+    with pytest.raises(ImportError, match="medkit not found: attach the medkit-src dataset"):
+        exec(cell_source("driver_setup", KAGGLE_INPUT=str(tmp_path / "empty")), {})
