@@ -20,7 +20,7 @@ middle of a checkpoint write, and checks that the resumed result is bit-identica
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import copy
 import importlib
 import json
 import math
@@ -36,18 +36,13 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from medkit import env, session
 from medkit.train.checkpoint import (CheckpointError, clean_temp_dirs, load_checkpoint, resume_candidates,
                                      save_checkpoint)
+from medkit.train.config import (DEFAULT_FACTS, DEFAULT_IGNORE, ConfigMismatchError, _jsonable, config_diff,
+                                 config_hash)
 from medkit.train.data import batch_stream
-
-DEFAULT_IGNORE = ("run_dir", "budget_s", "log_every", "ckpt_every", "keep", "device")
-# Config keys that record where something was found on this machine, not what was chosen: a cache folder, where
-# the pretrained weights were found, which optimizer the installed packages allowed. Recorded in every checkpoint
-# beside the config ("facts"), left out of the hash: a run moved to another machine resumes.
-DEFAULT_FACTS = ("cache", "model_source", "optimizer")
 
 
 def ema_warmup_avg_fn(decay: float):
@@ -69,14 +64,6 @@ def ema_warmup_avg_fn(decay: float):
     return multi_avg_fn
 
 
-class ConfigMismatchError(RuntimeError):
-    """The checkpoint found in run_dir was trained with a different configuration."""
-
-    def __init__(self, message: str, differences: dict[str, tuple[Any, Any]]):
-        super().__init__(message)
-        self.differences = differences
-
-
 class NonFiniteLossError(FloatingPointError):
     """The loss was nan/inf for too many consecutive steps."""
 
@@ -94,41 +81,6 @@ class TrainResult:
     overhead: dict[str, float] = field(default_factory=dict)  # the same, per kind
     steps_run: int = 0             # optimizer steps done in this call
     checkpoints: int = 0           # checkpoints written in this call
-
-
-# ----------------------------------------------------------------------------------------- config
-
-def _jsonable(obj):
-    """Config as JSON would round-trip it (Paths, dtypes, tuples -> strings/lists)."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def _ignored(key: str, ignore) -> bool:
-    return any(key == ig or key.startswith(ig + ".") for ig in ignore)
-
-
-def config_hash(config: dict, ignore=DEFAULT_IGNORE) -> str:
-    """sha256 (16 hex) of the config minus ignored keys (top-level names or dotted paths)."""
-    flat = {k: v for k, v in _flatten(_jsonable(config)).items() if not _ignored(k, ignore)}
-    return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def config_diff(old: dict, new: dict, ignore=DEFAULT_IGNORE) -> dict[str, tuple[Any, Any]]:
-    a, b = _flatten(_jsonable(old)), _flatten(_jsonable(new))
-    missing = "<absent>"
-    return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
-            if not _ignored(k, ignore) and a.get(k, missing) != b.get(k, missing)}
 
 
 # ------------------------------------------------------------------------------------------ utils
@@ -188,6 +140,29 @@ def _default_log(msg: str) -> None:
     tqdm.write(msg)
 
 
+def _check_settings(*, stage, resume, max_steps, grad_accum, ckpt_every, keep, log_every, max_nonfinite, ema_decay,
+                    config, validate, validate_every, patience) -> None:
+    """The Trainer's settings, each refused with what to use instead."""
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(stage)):
+        raise ValueError(f"stage={stage!r}: use letters, digits, '_', '-', '.' (it names files and folders)")
+    if resume not in ("auto", "force", "never"):
+        raise ValueError(f"resume={resume!r}: use 'auto', 'force' or 'never'")
+    for name, v in (("max_steps", max_steps), ("grad_accum", grad_accum), ("ckpt_every", ckpt_every),
+                    ("keep", keep), ("log_every", log_every), ("max_nonfinite", max_nonfinite)):
+        if not isinstance(v, int) or v < (0 if name == "max_steps" else 1):
+            raise ValueError(f"{name}={v!r}: must be an integer >= {0 if name == 'max_steps' else 1}")
+    if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
+        raise ValueError(f"ema_decay={ema_decay}: must be in [0, 1] (typically 0.999-0.9999), or None for no EMA")
+    if not isinstance(config, dict):
+        raise TypeError(f"config must be a dict (got {type(config).__name__})")
+    if validate is not None and not (isinstance(validate_every, int) and validate_every >= 1):
+        raise ValueError(f"validate_every={validate_every!r}: an integer >= 1 (steps between validations) "
+                         f"when validate is given")
+    if patience is not None and (validate is None or not (isinstance(patience, int) and patience >= 1)):
+        raise ValueError(f"patience={patience!r}: an integer >= 1 (validations without improvement), and it "
+                         f"needs validate=")
+
+
 # ---------------------------------------------------------------------------------------- trainer
 
 class Trainer:
@@ -228,24 +203,10 @@ class Trainer:
                  on_checkpoint: list[Callable[[Path], None]] | tuple = (), persist: bool = True,
                  validate: Callable[[nn.Module], float] | None = None, validate_every: int = 0,
                  patience: int | None = None, min_delta: float = 0.0, facts=DEFAULT_FACTS):
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(stage)):
-            raise ValueError(f"stage={stage!r}: use letters, digits, '_', '-', '.' (it names files and folders)")
-        if resume not in ("auto", "force", "never"):
-            raise ValueError(f"resume={resume!r}: use 'auto', 'force' or 'never'")
-        for name, v in (("max_steps", max_steps), ("grad_accum", grad_accum), ("ckpt_every", ckpt_every),
-                        ("keep", keep), ("log_every", log_every), ("max_nonfinite", max_nonfinite)):
-            if not isinstance(v, int) or v < (0 if name == "max_steps" else 1):
-                raise ValueError(f"{name}={v!r}: must be an integer >= {0 if name == 'max_steps' else 1}")
-        if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
-            raise ValueError(f"ema_decay={ema_decay}: must be in [0, 1] (typically 0.999-0.9999), or None for no EMA")
-        if not isinstance(config, dict):
-            raise TypeError(f"config must be a dict (got {type(config).__name__})")
-        if validate is not None and not (isinstance(validate_every, int) and validate_every >= 1):
-            raise ValueError(f"validate_every={validate_every!r}: an integer >= 1 (steps between validations) "
-                             f"when validate is given")
-        if patience is not None and (validate is None or not (isinstance(patience, int) and patience >= 1)):
-            raise ValueError(f"patience={patience!r}: an integer >= 1 (validations without improvement), and it "
-                             f"needs validate=")
+        _check_settings(stage=stage, resume=resume, max_steps=max_steps, grad_accum=grad_accum, ckpt_every=ckpt_every,
+                        keep=keep, log_every=log_every, max_nonfinite=max_nonfinite, ema_decay=ema_decay,
+                        config=config, validate=validate, validate_every=validate_every, patience=patience)
+        session.budget_left_s(budget_s)  # a bad value fails here, not after the data is cached
 
         self.device = env.pick_device(device)
         self.model = model.to(self.device)
@@ -260,7 +221,6 @@ class Trainer:
         self.grad_accum = grad_accum
         self.clip_grad = clip_grad
         self.ckpt_every, self.keep, self.log_every = ckpt_every, keep, log_every
-        session.budget_left_s(budget_s)  # a bad value fails here, not after the data is cached
         self.budget_s = budget_s  # "auto": the Kaggle session clock, from the kernel's start (medkit.session)
         self.seed = seed
         self.facts = tuple(facts)
@@ -278,9 +238,9 @@ class Trainer:
         self.amp_dtype = env.autocast_dtype(self.device, precision)
         self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None)
         self._ema_avg = ema_warmup_avg_fn(ema_decay) if ema_decay is not None else None
-        self.ema = (AveragedModel(self.model, multi_avg_fn=self._ema_avg, use_buffers=True)
-                    if ema_decay is not None else None)
-        self._ema_lists, self._ema_n = None, 0
+        # the EMA weights: a copy of the model that ``_ema_update`` averages into; ``ema_updates`` counts the updates
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay is not None else None
+        self._ema_lists, self.ema_updates = None, 0
 
         self.ckpt_dir = self.run_dir / "checkpoints" / stage
         self.log_path = self.run_dir / "logs" / f"{stage}.jsonl"
@@ -308,26 +268,25 @@ class Trainer:
         UNet on a CPU, 3% of a cpu-demo step).
         """
         if self._ema_lists is None:
-            ema_t = [*self.ema.module.parameters(), *self.ema.module.buffers()]
+            ema_t = [*self.ema.parameters(), *self.ema.buffers()]
             model_t = [t.detach() for t in (*self.model.parameters(), *self.model.buffers())]
             floats = [i for i, t in enumerate(ema_t) if t.is_floating_point()]
             others = [i for i, t in enumerate(ema_t) if not t.is_floating_point()]
             self._ema_lists = ([ema_t[i] for i in floats], [model_t[i] for i in floats],
                                [ema_t[i] for i in others], [model_t[i] for i in others])
         ema_f, model_f, ema_o, model_o = self._ema_lists
-        if self._ema_n == 0:
+        if self.ema_updates == 0:
             torch._foreach_copy_(ema_f, model_f)
         else:
-            self._ema_avg(ema_f, model_f, self._ema_n)
+            self._ema_avg(ema_f, model_f, self.ema_updates)
         for e, m in zip(ema_o, model_o):
             e.copy_(m)
-        self._ema_n += 1
-        self.ema.n_averaged += 1
+        self.ema_updates += 1
 
     @property
     def ema_model(self) -> nn.Module:
         """The EMA-averaged module, or the model itself when ``ema_decay`` is None."""
-        return self.ema.module if self.ema is not None else self.model
+        return self.ema if self.ema is not None else self.model
 
     def _facts(self) -> dict:
         cfg = _jsonable(self.config)
@@ -387,8 +346,8 @@ class Trainer:
                                  "scaler": self.scaler.state_dict() if self.scaler else None,
                                  "rng": self._rng_state()}
         if self.ema is not None:
-            tensors["ema"] = self.ema.module.state_dict()
-            state["ema_n_averaged"] = self.ema.n_averaged.detach().cpu()
+            tensors["ema"] = self.ema.state_dict()
+            state["ema_n_averaged"] = torch.tensor(self.ema_updates, dtype=torch.long)
         path = save_checkpoint(self.ckpt_dir, self.step, tensors=tensors, state=state, meta=self._meta(),
                                keep=self.keep)
         self._last_ckpt_step = self.step
@@ -407,13 +366,11 @@ class Trainer:
         self.model.load_state_dict(tensors["model"])
         if self.ema is not None:
             if "ema" in tensors:
-                self.ema.module.load_state_dict(tensors["ema"])
-                self.ema.n_averaged.copy_(state["ema_n_averaged"])
-                self._ema_n = int(state["ema_n_averaged"])
+                self.ema.load_state_dict(tensors["ema"])
+                self.ema_updates = int(state["ema_n_averaged"])
             else:
                 self.log("checkpoint has no EMA weights; the EMA restarts from the current model")
-                self.ema.n_averaged.zero_()
-                self._ema_n = 0
+                self.ema_updates = 0
         self.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None:
             if state.get("lr_scheduler") is None:
@@ -624,64 +581,11 @@ class Trainer:
                 if budget is not None and time.perf_counter() - t_fit > budget:
                     reason = "budget"
                     break
-                self.optimizer.zero_grad(set_to_none=True)
-                step_loss: Any = 0.0
-                step_extras: dict[str, Any] = {}
-                for _ in range(self.grad_accum):
-                    self.epoch, self.position, batch = next(stream)
-                    batch = _to_device(batch, self.device, non_blocking)
-                    with self._autocast():
-                        out = loss_fn(self.model, batch, self.step)
-                    loss, extras = out if isinstance(out, tuple) else (out, {})
-                    if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-                        raise TypeError(f"loss_fn must return a scalar tensor or (scalar tensor, dict); got "
-                                        f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
-                    scaled = loss / self.grad_accum
-                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-                    step_loss = step_loss + loss.detach().float() / self.grad_accum
-                    for k, v in extras.items():
-                        v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
-                        step_extras[k] = step_extras.get(k, 0.0) + v / self.grad_accum
-
+                step_loss, step_extras = self._forward_backward(stream, loss_fn, non_blocking)
                 lr = self._lr_now = float(self.optimizer.param_groups[0]["lr"])
                 log_step = (self.step + 1) % self.log_every == 0
-                if not bool(torch.isfinite(step_loss)):  # one host sync per optimizer step
-                    self.nonfinite_total += 1
-                    self._consecutive_nonfinite += 1
-                    if self._consecutive_nonfinite >= self.max_nonfinite:
-                        self._raise_nonfinite(last_finite, lr)
-                    stepped = False
-                else:
-                    self._consecutive_nonfinite = 0
-                    last_finite = (self.step, step_loss)
-                    if self.scaler is not None:
-                        self.scaler.unscale_(self.optimizer)
-                    if self.clip_grad is not None:
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
-                    elif log_step:
-                        grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-                    if self.scaler is not None:
-                        scale = self.scaler.get_scale()
-                        self.scaler.step(self.optimizer)
-                        self.scaler.update()
-                        stepped = self.scaler.get_scale() >= scale
-                        if not stepped:
-                            self.scaler_skipped_total += 1
-                    else:
-                        self.optimizer.step()
-                        stepped = True
-                    self._win_n += 1
-                    self._win_loss = self._win_loss + step_loss
-                    for k, v in step_extras.items():
-                        self._win_extras[k] = self._win_extras.get(k, 0.0) + v
-                if stepped and self.ema is not None:
-                    t = time.perf_counter()
-                    self._ema_update()
-                    self._overhead["ema"] += time.perf_counter() - t
-                if self.lr_scheduler is not None:  # also on skipped steps: the schedule follows the step count
-                    with warnings.catch_warnings():
-                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-                        self.lr_scheduler.step()
+                grad_norm, last_finite = self._optimizer_step(step_loss, step_extras, params, log_step, lr, grad_norm,
+                                                              last_finite)
                 self.step += 1
                 self._grad_norm_now = grad_norm
                 self._pbar.update(1)
@@ -713,6 +617,71 @@ class Trainer:
             self.log(f"{self.stage}: time budget ({clock}) used up at step {self.step}/{self.max_steps}; checkpoint "
                      f"saved. Run again (a new session) to continue.")
         return result(reason)
+
+    def _forward_backward(self, stream, loss_fn: Callable, non_blocking: bool):
+        """``grad_accum`` micro-batches: forward under autocast, scaled backward; their mean loss and extras."""
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss: Any = 0.0
+        step_extras: dict[str, Any] = {}
+        for _ in range(self.grad_accum):
+            self.epoch, self.position, batch = next(stream)
+            batch = _to_device(batch, self.device, non_blocking)
+            with self._autocast():
+                out = loss_fn(self.model, batch, self.step)
+            loss, extras = out if isinstance(out, tuple) else (out, {})
+            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                raise TypeError(f"loss_fn must return a scalar tensor or (scalar tensor, dict); got "
+                                f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
+            scaled = loss / self.grad_accum
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            step_loss = step_loss + loss.detach().float() / self.grad_accum
+            for k, v in extras.items():
+                v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
+                step_extras[k] = step_extras.get(k, 0.0) + v / self.grad_accum
+        return step_loss, step_extras
+
+    def _optimizer_step(self, step_loss, step_extras: dict, params: list, log_step: bool, lr: float, grad_norm,
+                        last_finite):
+        """Skip a non-finite step (raising after ``max_nonfinite`` in a row), else unscale, clip, step; then the
+        window, the EMA and the LR schedule (which follows the step count, skipped steps included)."""
+        stepped = False
+        if not bool(torch.isfinite(step_loss)):  # one host sync per optimizer step
+            self.nonfinite_total += 1
+            self._consecutive_nonfinite += 1
+            if self._consecutive_nonfinite >= self.max_nonfinite:
+                self._raise_nonfinite(last_finite, lr)
+        else:
+            self._consecutive_nonfinite = 0
+            last_finite = (self.step, step_loss)
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            if self.clip_grad is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+            elif log_step:
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
+            if self.scaler is not None:
+                scale = self.scaler.get_scale()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                stepped = self.scaler.get_scale() >= scale
+                if not stepped:
+                    self.scaler_skipped_total += 1
+            else:
+                self.optimizer.step()
+                stepped = True
+            self._win_n += 1
+            self._win_loss = self._win_loss + step_loss
+            for k, v in step_extras.items():
+                self._win_extras[k] = self._win_extras.get(k, 0.0) + v
+        if stepped and self.ema is not None:
+            t = time.perf_counter()
+            self._ema_update()
+            self._overhead["ema"] += time.perf_counter() - t
+        if self.lr_scheduler is not None:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                self.lr_scheduler.step()
+        return grad_norm, last_finite
 
     def _validation(self, t_fit: float) -> None:
         """One validation: its value, the best so far and the patience count, logged and kept for checkpoints."""
