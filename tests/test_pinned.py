@@ -30,3 +30,11 @@ def test_pins_catch_a_moved_number_and_ignore_timings(tmp_path, monkeypatch):
         pinned.check_pinned("demo", extra)
     with pytest.raises(AssertionError, match="no pinned numbers for 'other'"):
         pinned.check_pinned("other", _metrics())
+
+
+def test_paired_differences_get_an_absolute_floor_but_still_catch_a_real_move():
+    """mDice differences near 0 (mean +- t se): 1.1e-5 of cross-machine drift passes, 1e-3 (0.1 points) fails."""
+    key = "segmentation.real+1x random masks.Overall.mdice_minus_real.ci95_hi"
+    assert pinned._same(-0.0029019918347606755, -0.0028908291667307045, key)
+    assert not pinned._same(-0.0029, -0.0019, key)
+    assert not pinned._same(-0.0029019918347606755, -0.0028908291667307045, "train.final_loss")  # elsewhere: 1e-3 rel

@@ -574,3 +574,15 @@ def test_lr_schedule_constant_with_warmup_and_bad_settings():
         lr_schedule(opt, warmup_steps=2)
     with pytest.raises(ValueError, match="decay='step'"):
         lr_schedule(opt, decay="step")
+
+
+def test_a_checkpoint_of_another_lr_schedule_kind_is_refused_with_the_reason(tmp_path, dataset):
+    """A run written with a LambdaLR (medkit's schedules before lr_schedule) does not silently load into a
+    SequentialLR: the error names the schedule and what to do."""
+    from medkit.train import lr_schedule
+
+    make_trainer(tmp_path, 7).fit(dataset, 8, mse)  # LambdaLR
+    t = make_trainer(tmp_path, 14)
+    t.lr_scheduler = lr_schedule(t.optimizer, warmup_steps=3, total_steps=14, floor=0.1)
+    with pytest.raises(CheckpointError, match="LR schedule state is of another kind than this SequentialLR"):
+        t.fit(dataset, 8, mse)

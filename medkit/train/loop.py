@@ -376,6 +376,13 @@ class Trainer:
             if state.get("lr_scheduler") is None:
                 raise CheckpointError("the checkpoint has no LR scheduler state but an lr_scheduler was given; "
                                       "pass the same scheduler setup as the run that wrote it")
+            saved, mine = set(state["lr_scheduler"]), set(self.lr_scheduler.state_dict())
+            if saved != mine:  # e.g. a LambdaLR's state (medkit before lr_schedule) into a SequentialLR
+                raise CheckpointError(
+                    f"{self.stage}: the checkpoint's LR schedule state is of another kind than this "
+                    f"{type(self.lr_scheduler).__name__} (keys {sorted(saved ^ mine)} differ): it was written by "
+                    f"another schedule setup (medkit before 2026-12-02 used LambdaLR). Finish this run with the "
+                    f"medkit version that started it, or start a new run_dir.")
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
