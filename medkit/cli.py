@@ -26,13 +26,14 @@ def _value(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import session
     from .notebooks import PIPELINES
 
     p = argparse.ArgumentParser(prog="python -m medkit", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="execute a method's notebooks with papermill into one run directory")
     r.add_argument("method", choices=sorted(PIPELINES))
-    r.add_argument("--profile", default="auto", choices=["auto", "smoke", "cpu-demo", "t4"],
+    r.add_argument("--profile", default="auto", choices=["auto", *session.PROFILES],
                    help="auto (default): t4 with a CUDA GPU, else cpu-demo; smoke: seconds (CI); cpu-demo: minutes on "
                         "a CPU; t4: the seed's settings on a 16 GB T4")
     r.add_argument("--out", required=True, help="run directory (created; re-running resumes)")
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     gsub = g.add_subparsers(dest="grid_command", required=True)
     gr = gsub.add_parser("run", help="run every cell (finished cells are skipped, interrupted ones resume)")
     gr.add_argument("grid", help="a grid name under configs/grids/ (e.g. E2.1) or a .yaml path")
-    gr.add_argument("--profile", default="auto", choices=["auto", "smoke", "cpu-demo", "t4"],
+    gr.add_argument("--profile", default="auto", choices=["auto", *session.PROFILES],
                     help="auto (default): t4 with a CUDA GPU, else cpu-demo")
     gr.add_argument("--out", required=True, help="grid directory: one run directory per cell, results.csv/md")
     gr.add_argument("--cells", nargs="+", help="only these cells")

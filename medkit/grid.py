@@ -43,7 +43,7 @@ from .run import write_json_atomic
 from .eval.results import flatten
 
 GRID_DIR = env.REPO_ROOT / "configs" / "grids"
-PROFILES = ("smoke", "cpu-demo", "t4")
+PROFILES = session.PROFILES
 SHARED = "_shared"
 DEFAULT_METRICS = {
     "sbldm": ["vae.ssim", "vae.psnr", "ldm.final_loss", "eval.mmd_vae_latent", "eval.intensity_w1",
@@ -216,17 +216,19 @@ def _run_one(method, profile, run_dir: Path, params, stages, backend, log, remot
     if backend == "local":
         from .notebooks import run_pipeline
 
-        metrics = run_pipeline(method, profile, run_dir, params, stages, log=log)
-        remote = {"stopped": metrics["stopped"]} if metrics.get("stopped") else {}
+        stopped = run_pipeline(method, profile, run_dir, params, stages, log=log).get("stopped")
+        remote = {}
     else:
         from . import kaggle
 
         remote = kaggle.run_grid_cell(method, profile, run_dir, params, stages, log=log, **remote_opts)
+        stopped = remote.get("stopped")
     wall = time.perf_counter() - t
     inside = sum(_notebook_seconds(run_dir / "notebooks" / f"{s}.ipynb") for s in stages) if backend == "local" else None
     out = {"seconds": wall, "notebook_cell_seconds": inside}
-    if remote:
-        out.update({k: remote[k] for k in ("ref", "version", "url", "stopped") if k in remote})
+    out.update({k: remote[k] for k in ("ref", "version", "url") if k in remote})
+    if stopped:
+        out["stopped"] = stopped
     return out
 
 
@@ -264,7 +266,7 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
         write_json_atomic(state_path, state)
 
     t_grid = time.perf_counter()
-    shared_ok = True
+    shared = "done"  # the shared stages' status: "done" | "stopped" (wall-clock budget) | "failed"
     if spec["shared_stages"]:
         key = _hash({"params": spec["shared_params"], "stages": spec["shared_stages"]})
         entry = state["cells"].get(SHARED, {})
@@ -278,10 +280,10 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
             try:
                 r = _run_one(spec["method"], profile, out / SHARED, spec["shared_params"], spec["shared_stages"],
                              backend, log, remote_opts)
-                state["cells"][SHARED] = {"status": "stopped" if r.get("stopped") else "done", "key": key, **r}
-                shared_ok = None if r.get("stopped") else True
+                shared = "stopped" if r.get("stopped") else "done"
+                state["cells"][SHARED] = {"status": shared, "key": key, **r}
             except Exception as e:  # noqa: BLE001 - recorded, then every cell is marked as blocked by it
-                shared_ok = False
+                shared = "failed"
                 state["cells"][SHARED] = {"status": "failed", "key": key, "error": _error_text(e)}
                 _write_error(out / SHARED, e)
                 log(f"[grid] {SHARED} failed: {_error_text(e)}")
@@ -304,12 +306,11 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
                 save()
             log(f"[grid] {name}: {msg}")
             return
-        if not shared_ok:
+        if shared != "done":
             why = ("not run: the shared stages stopped at the wall-clock budget; run the grid again to continue"
-                   if shared_ok is None else f"not run: the shared stages failed (see {out / SHARED / 'error.txt'})")
+                   if shared == "stopped" else f"not run: the shared stages failed (see {out / SHARED / 'error.txt'})")
             with lock:
-                state["cells"][name] = {"status": "stopped" if shared_ok is None else "failed", "key": key,
-                                        "params": cell["params"], "error": why}
+                state["cells"][name] = {"status": shared, "key": key, "params": cell["params"], "error": why}
                 save()
             return
         log(f"[grid] {name}: {cell['params']} stages {cell['stages']}")

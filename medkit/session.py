@@ -35,7 +35,7 @@ def resolve_profile(profile: str, log=print) -> str:
         chosen, why = "t4", f"a CUDA GPU is present ({torch.cuda.get_device_name(0)})"
     else:
         chosen, why = "cpu-demo", "no CUDA GPU is present"
-    log(f"profile 'auto' -> '{chosen}': {why}. Set profile (smoke | cpu-demo | t4) to choose another.")
+    log(f"profile 'auto' -> '{chosen}': {why}. Set profile ({' | '.join(PROFILES)}) to choose another.")
     return chosen
 
 
@@ -119,8 +119,9 @@ def end_if_stopped(result, run=None, stage: str | None = None) -> bool:
     if run is not None:
         from .run import write_json_atomic
 
-        write_json_atomic(Path(getattr(run, "path", run)) / STOP_FILE, {"stage": stage, "step": result.step, "reason": result.reason,
-                                                   "message": message, "time": time.time()})
+        write_json_atomic(Path(getattr(run, "path", run)) / STOP_FILE,
+                          {"stage": stage, "step": result.step, "reason": result.reason, "message": message,
+                           "time": time.time()})
     print(f"[medkit] {message}")
     if not skip_remaining_cells(message):
         raise SystemExit(0)

@@ -25,7 +25,6 @@ class ConfigMismatchError(RuntimeError):
         self.differences = differences
 
 
-
 def _jsonable(obj):
     """Config as JSON would round-trip it (Paths, dtypes, tuples -> strings/lists)."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))

@@ -452,8 +452,9 @@ class Trainer:
                 self.log(f"resume='force': continuing {path.name} despite config changes:\n{lines}")
             self._restore(tensors, state, meta)
             self.log(f"resumed {self.stage} from {path.name} (step {self.step}/{self.max_steps})")
-            was = meta.get("facts") or {k: meta.get("config", {}).get(k) for k in self._facts()}
-            moved = {k: (was.get(k), v) for k, v in self._facts().items() if was.get(k) != v}
+            now = self._facts()
+            was = meta.get("facts") or {k: meta.get("config", {}).get(k) for k in now}
+            moved = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
             if moved:
                 self.log("found elsewhere on this machine (recorded, not a configuration change): " + "; ".join(
                     f"{k}: {a!r} -> {b!r}" for k, (a, b) in moved.items()))
@@ -619,8 +620,8 @@ class Trainer:
             self.log(f"{self.stage}: early stop at step {self.step}: {self.patience} validations without improvement; "
                      f"best validation loss {self._val['best']:.6g} at step {self._val['best_step']}.")
         if reason == "budget":
-            clock = ("the Kaggle session's 11 h 15 min, counted from the kernel's start" if self.budget_s == "auto"
-                     else f"{budget:.0f} s")
+            clock = (f"the session's {env.default_budget_s():.0f} s, counted from the kernel's start"
+                     if self.budget_s == "auto" else f"{budget:.0f} s from the start of this call")
             self.log(f"{self.stage}: time budget ({clock}) used up at step {self.step}/{self.max_steps}; checkpoint "
                      f"saved. Run again (a new session) to continue.")
         return result(reason)
