@@ -66,6 +66,22 @@ def test_sigkill_at_random_moments_resumes_bit_identically(tmp_path, loop, seed,
     assert report.launches[-1].first_step_s < 120
 
 
+def test_sigkill_of_a_two_process_run_resumes_bit_identically(tmp_path):
+    """A 2-process run (gloo on the CPU; each process its own data shard and RNG streams, gradients averaged)
+    killed whole - both processes - twice, once inside a checkpoint write, ends equal to an uninterrupted one."""
+    steps = 8 * 2 + 10
+    ref = faults.start_worker(dict(spec(tmp_path, "ldm", "ref", steps), processes=2))
+    assert ref.wait(timeout=600) == 0, (tmp_path / "ref.stderr").read_text()[-2000:]
+    report = faults.kill_and_resume(dict(spec(tmp_path, "ldm", "killed", steps), processes=2), kills=2, seed=3)
+    print("\n" + report.summary())
+    assert len(report.kills) == 2 and report.launches[-1].mode == "finish"
+    assert all(x.latest_ok for x in report.launches)
+    assert report.launches[-1].resumed_from > 0
+    meta = json.loads((find_resumable(tmp_path / "killed" / "checkpoints" / "ldm") / "trainer.json").read_text())
+    assert meta["processes"] == 2
+    assert faults.compare_runs(tmp_path / "killed", tmp_path / "ref", "ldm") == []
+
+
 @pytest.mark.skipif(not SOAK, reason="soak test: set MEDKIT_SOAK=<kills per loop>")
 @pytest.mark.parametrize("loop", ["vae", "ldm"])
 def test_soak(tmp_path, loop):

@@ -86,6 +86,17 @@ def build_job(spec: dict):
 
 
 def worker(spec: dict) -> None:
+    """Train ``spec`` to the end; with ``spec['processes'] > 1`` in that many CPU processes (gloo), every one of
+    them training its shard and the main one writing the trace."""
+    processes = int(spec.get("processes", 1))
+    if processes > 1:
+        from medkit.train.parallel import launch
+        launch(_train_traced, spec, processes=processes)
+    else:
+        _train_traced(spec)
+
+
+def _train_traced(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(1)  # bit-identical CPU results need the same thread count in every launch
@@ -93,24 +104,25 @@ def worker(spec: dict) -> None:
 
     from tqdm.auto import tqdm
     tqdm.set_lock(threading.RLock())  # not tqdm's default multiprocessing lock: a SIGKILL would leak its semaphore
-    trace = spec["trace"]
     trainer, dataset, batch, loss_fn = build_job(spec)
+    trace = spec["trace"]
+    emit = (lambda *parts: _emit(trace, *parts)) if trainer.is_main else (lambda *parts: None)
     find = trainer._find_and_load
 
     def traced_find(resolved):
         step = find(resolved)
-        _emit(trace, "resume", -1 if step is None else step)
+        emit("resume", -1 if step is None else step)
         return step
 
     trainer._find_and_load = traced_find
 
     def traced_loss(m, b, step):
-        _emit(trace, "step", step)
+        emit("step", step)
         return loss_fn(m, b, step)
 
-    _emit(trace, "ready")
+    emit("ready")
     result = trainer.fit(dataset, batch, traced_loss)
-    _emit(trace, "done", result.step)
+    emit("done", result.step)
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -186,8 +198,10 @@ def launch_worker(spec: dict, extra_env: dict | None = None) -> subprocess.Popen
     env.update({"MEDKIT_FAULT_TRACE": spec["trace"], **(extra_env or {})})
     err = open(Path(spec["trace"]).with_suffix(".stderr"), "a")
     try:
+        # a session of its own, so that a kill takes all the processes of a multi-process worker
         return subprocess.Popen([sys.executable, "-m", "medkit.train.faults", json.dumps(spec)], env=env,
-                                stdout=err, stderr=err, cwd=str(Path(__file__).resolve().parents[2]))
+                                stdout=err, stderr=err, cwd=str(Path(__file__).resolve().parents[2]),
+                                start_new_session=True)
     finally:
         err.close()
 
@@ -238,10 +252,19 @@ def _can_fork_server() -> bool:
 
 
 def start_worker(spec: dict, extra_env: dict | None = None, fork: bool = True):
-    """Start the worker: forked from the preloaded server when ``fork`` (and possible), else cold."""
-    if fork and _can_fork_server():
+    """Start the worker: forked from the preloaded server when ``fork`` (and possible) and single-process,
+    else cold."""
+    if fork and _can_fork_server() and int(spec.get("processes", 1)) == 1:
         return _Forked(spec, extra_env)
     return launch_worker(spec, extra_env)
+
+
+def _kill(proc) -> None:
+    """SIGKILL the worker with every process it started (a cold worker leads a session of its own)."""
+    if isinstance(proc, subprocess.Popen):
+        os.killpg(proc.pid, signal.SIGKILL)
+    else:
+        proc.kill()
 
 
 def kill_and_resume(spec: dict, kills: int, seed: int = 0, delay_s: float = 0.15, timeout: float = 600,
@@ -276,7 +299,7 @@ def kill_and_resume(spec: dict, kills: int, seed: int = 0, delay_s: float = 0.15
         t_target = None
         while proc.poll() is None and mode != "finish":
             if time.time() > deadline:
-                proc.kill()
+                _kill(proc)
                 raise TimeoutError(f"fault run of {spec['loop']} did not finish in {timeout} s")
             ev = _events(trace, skip)
             if mode == "time":
@@ -296,7 +319,7 @@ def kill_and_resume(spec: dict, kills: int, seed: int = 0, delay_s: float = 0.15
                     break
             time.sleep(0.002)
         if mode != "finish" and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+            _kill(proc)
         rc = proc.wait()
         t_end = time.time()
         ev = _events(trace, skip)

@@ -42,7 +42,8 @@ from medkit.train.checkpoint import (CheckpointError, clean_temp_dirs, load_chec
                                      save_checkpoint)
 from medkit.train.config import (DEFAULT_FACTS, DEFAULT_IGNORE, ConfigMismatchError, _jsonable, config_diff,
                                  config_hash)
-from medkit.train.data import batch_stream
+from medkit.train import parallel
+from medkit.train.data import batch_stream, derive_seed
 
 
 def ema_warmup_avg_fn(decay: float):
@@ -208,9 +209,15 @@ class Trainer:
                         config=config, validate=validate, validate_every=validate_every, patience=patience)
         session.budget_left_s(budget_s)  # a bad value fails here, not after the data is cached
 
-        self.device = env.pick_device(device)
+        # devices, mixed precision and processes come from accelerate (medkit.train.parallel)
+        self.accelerator = acc = parallel.make_accelerator(precision, device, grad_accum)
+        self.device = acc.device
+        self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         self.model = model.to(self.device)
+        if self.world > 1:
+            parallel.broadcast_module(self.model)
         self.optimizer = optimizer
+        self._stepper = acc.prepare_optimizer(optimizer)  # the same optimizer, stepped through the GradScaler under fp16
         self.lr_scheduler = lr_scheduler
         self.run_dir = Path(run_dir)
         self.stage = stage
@@ -229,14 +236,14 @@ class Trainer:
         self.resume = resume
         self.max_nonfinite = max_nonfinite
         self.plot = plot
-        self.log = log or _default_log
+        self.log = (log or _default_log) if self.is_main else (lambda msg: None)  # one voice per run
         self.on_checkpoint = list(on_checkpoint)
         self.persist = persist
         self.validate, self.validate_every = validate, validate_every
         self.patience, self.min_delta = patience, float(min_delta)
 
         self.amp_dtype = env.autocast_dtype(self.device, precision)
-        self.scaler = (torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None)
+        self.scaler = acc.scaler  # a GradScaler under fp16, else None
         self._ema_avg = ema_warmup_avg_fn(ema_decay) if ema_decay is not None else None
         # the EMA weights: a copy of the model that ``_ema_update`` averages into; ``ema_updates`` counts the updates
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay is not None else None
@@ -293,9 +300,13 @@ class Trainer:
         return {k: cfg[k] for k in self.facts if k in cfg}
 
     def resolved_config(self, batch_size: int, dataset_len: int) -> dict:
-        """The user config plus the trainer settings that change the result (not max_steps/precision)."""
+        """The user config plus the trainer settings that change the result (not max_steps/precision).
+
+        ``batch_size`` there is the batch of one optimizer step over all processes (per process x processes, before
+        ``grad_accum``): a 2-process run with 4 per process resumes in 1 process with batch_size 8.
+        """
         cfg = _jsonable(self.config)
-        cfg["_trainer"] = {"stage": self.stage, "batch_size": batch_size, "grad_accum": self.grad_accum,
+        cfg["_trainer"] = {"stage": self.stage, "batch_size": batch_size * self.world, "grad_accum": self.grad_accum,
                            "seed": self.seed, "ema_decay": self.ema_decay, "clip_grad": self.clip_grad,
                            "dataset_len": dataset_len}
         return cfg
@@ -307,15 +318,44 @@ class Trainer:
         self._win_extras: dict[str, Any] = {}
 
     def _autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return self.accelerator.autocast() if self.amp_dtype is not None else contextlib.nullcontext()
 
     def _rng_state(self) -> dict:
         rng = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         return rng
+
+    def _seed_fresh(self, *extra) -> None:
+        """Seed every global RNG of this process: ``seed`` on process 0 (a 1-process run is what it always was),
+        ``seed + rank`` on the others (accelerate's ``device_specific`` rule), so their noise differs."""
+        seed = self.seed + self.rank if not extra else derive_seed("medkit-rank", self.seed, self.rank, *extra)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+
+    def _restore_rng(self, state: dict, meta: dict) -> None:
+        """This process's RNG streams from a checkpoint; a checkpoint of another process count keeps process 0's
+        stream on process 0 and seeds the others afresh from (seed, rank, step)."""
+        rng = state["rng"]
+        ranks = rng.get("ranks") or [{**rng, "python": meta["python_random"], "numpy": meta["numpy_random"]}]
+        if len(ranks) != self.world:
+            self.log(f"the checkpoint was written by {len(ranks)} process(es), this run has {self.world}: the data "
+                     f"order and the batch per step are kept, the random streams of processes >= {len(ranks)} start "
+                     f"afresh (not bit-identical to an uninterrupted {len(ranks)}-process run)")
+        if self.rank >= len(ranks):
+            self._seed_fresh(meta["step"])
+            return
+        mine = ranks[self.rank]
+        torch.set_rng_state(mine["torch"])
+        if "cuda" in mine and torch.cuda.is_available():
+            if len(mine["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(mine["cuda"])
+            else:
+                self.log(f"checkpoint has CUDA RNG states for {len(mine['cuda'])} GPUs, this machine has "
+                         f"{torch.cuda.device_count()}; CUDA RNG not restored (results will differ slightly)")
+        random.setstate(_py_random_from_json(mine["python"]))
+        np.random.set_state(_np_random_from_json(mine["numpy"]))
 
     def _meta(self) -> dict:
         return {
@@ -333,32 +373,41 @@ class Trainer:
                            None if self._grad_norm_now is None else float(self._grad_norm_now))},
             "nonfinite_total": self.nonfinite_total, "scaler_skipped_total": self.scaler_skipped_total,
             "consecutive_nonfinite": self._consecutive_nonfinite,
-            "versions": _versions(), "device": str(self.device),
+            "versions": _versions(), "device": str(self.device), "processes": self.world,
             "precision": str(self.amp_dtype or torch.float32),
         }
 
     def _save(self, t_fit: float) -> Path:
+        """A checkpoint, written by the main process while the others wait (each process's RNG streams in it)."""
         t = time.perf_counter()
         self.seconds_trained = self._seconds_base + (t - t_fit)
-        tensors = {"model": self.model.state_dict()}
-        state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(),
-                                 "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
-                                 "scaler": self.scaler.state_dict() if self.scaler else None,
-                                 "rng": self._rng_state()}
-        if self.ema is not None:
-            tensors["ema"] = self.ema.state_dict()
-            state["ema_n_averaged"] = torch.tensor(self.ema_updates, dtype=torch.long)
-        path = save_checkpoint(self.ckpt_dir, self.step, tensors=tensors, state=state, meta=self._meta(),
-                               keep=self.keep)
+        rng = self._rng_state()
+        if self.world > 1:  # a collective: every process takes part
+            rng["ranks"] = parallel.gather({**self._rng_state(), "python": _py_random_to_json(random.getstate()),
+                                            "numpy": _np_random_to_json(np.random.get_state())})
+        path = self.ckpt_dir / f"step_{self.step:08d}"
+        if self.is_main:
+            tensors = {"model": self.model.state_dict()}
+            state: dict[str, Any] = {"optimizer": self.optimizer.state_dict(),
+                                     "lr_scheduler": self.lr_scheduler.state_dict() if self.lr_scheduler else None,
+                                     "scaler": self.scaler.state_dict() if self.scaler else None, "rng": rng}
+            if self.ema is not None:
+                tensors["ema"] = self.ema.state_dict()
+                state["ema_n_averaged"] = torch.tensor(self.ema_updates, dtype=torch.long)
+            path = save_checkpoint(self.ckpt_dir, self.step, tensors=tensors, state=state, meta=self._meta(),
+                                   keep=self.keep)
         self._last_ckpt_step = self.step
         self._n_saved += 1
         self._overhead["checkpoint"] += time.perf_counter() - t
         t = time.perf_counter()
-        if self.persist:
-            from medkit import persist
-            persist.after_checkpoint(self.run_dir, self.stage, log=self.log)
-        for callback in self.on_checkpoint:
-            callback(path)
+        if self.is_main:
+            if self.persist:
+                from medkit import persist
+                persist.after_checkpoint(self.run_dir, self.stage, log=self.log)
+            for callback in self.on_checkpoint:
+                callback(path)
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
         self._overhead["sync"] += time.perf_counter() - t
         return path
 
@@ -386,16 +435,7 @@ class Trainer:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if "cuda" in rng and torch.cuda.is_available():
-            if len(rng["cuda"]) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(rng["cuda"])
-            else:
-                self.log(f"checkpoint has CUDA RNG states for {len(rng['cuda'])} GPUs, this machine has "
-                         f"{torch.cuda.device_count()}; CUDA RNG not restored (results will differ slightly)")
-        random.setstate(_py_random_from_json(meta["python_random"]))
-        np.random.set_state(_np_random_from_json(meta["numpy_random"]))
+        self._restore_rng(state, meta)
         self.step, self.epoch, self.position = meta["step"], meta["epoch"], meta["position"]
         self.seconds_trained = meta.get("seconds", 0.0)
         self._last_loss = meta.get("last_loss")
@@ -409,7 +449,7 @@ class Trainer:
 
     def _truncate_log(self, step: int) -> None:
         """Keep only log lines of steps <= ``step`` that are not end-of-call flushes ("partial")."""
-        if not self.log_path.exists():
+        if not self.is_main or not self.log_path.exists():
             return
         kept = []
         for line in self.log_path.read_text().splitlines():
@@ -425,7 +465,10 @@ class Trainer:
 
     def _find_and_load(self, resolved: dict) -> int | None:
         """Resume from the newest valid checkpoint; return its step, or None when starting fresh."""
-        clean_temp_dirs(self.ckpt_dir, self.log)
+        if self.is_main:
+            clean_temp_dirs(self.ckpt_dir, self.log)
+        if self.world > 1:
+            self.accelerator.wait_for_everyone()
         candidates = resume_candidates(self.ckpt_dir)
         if self.resume == "never":
             if candidates:
@@ -443,6 +486,9 @@ class Trainer:
             diff = config_diff(meta.get("config", {}), resolved, self.ignore_config_keys)
             if meta.get("config_hash") != self._config_hash and diff:
                 lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
+                if meta.get("processes", 1) != self.world:
+                    lines += (f"\n  (written by {meta.get('processes', 1)} process(es), now {self.world}: batch_size is "
+                              f"per process, and a resume needs the same batch per step over all processes)")
                 if self.resume != "force":
                     raise ConfigMismatchError(
                         f"{path} was trained with a different config:\n{lines or '  (hash differs)'}\n"
@@ -480,9 +526,10 @@ class Trainer:
             rec["nonfinite_skipped"] = self.nonfinite_total
         if partial:
             rec["partial"] = True
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if self.is_main:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
         if loss is not None:
             self._last_loss = loss
         self._reset_window()
@@ -496,7 +543,7 @@ class Trainer:
         It is written just after the final checkpoint; a kill in between would leave the log one record
         short. The checkpoint holds that window (and its lr and grad norm), so the record is the same.
         """
-        if not self._win_n:
+        if not self._win_n or not self.is_main:
             return
         last = None
         if self.log_path.exists():
@@ -511,7 +558,7 @@ class Trainer:
         self._write_log(t_fit, self._lr_now, self._grad_norm_now, partial=True)
 
     def _plot(self) -> None:
-        if not self.plot:
+        if not self.plot or not self.is_main:
             return
         t = time.perf_counter()
         from medkit.train.plot import plot_loss_log
@@ -536,16 +583,15 @@ class Trainer:
         self._config_hash = config_hash(resolved, self.ignore_config_keys)
 
         self._lr_now, self._grad_norm_now = float(self.optimizer.param_groups[0]["lr"]), None
-        if self.persist and self.resume != "never":
+        parallel.set_accumulation(self.grad_accum)
+        if self.persist and self.resume != "never" and self.is_main:
             from medkit import persist
             persist.restore(self.run_dir, stages=[self.stage], log=self.log)
         resumed_from = self._find_and_load(resolved)
         if resumed_from is None:
             # a fresh start seeds every global RNG, so a run does not depend on what ran before it in the
             # process (a resumed run restores them from the checkpoint instead)
-            torch.manual_seed(self.seed)
-            random.seed(self.seed)
-            np.random.seed(self.seed % 2**32)
+            self._seed_fresh()
         self._last_ckpt_step = resumed_from
         self._seconds_base = self.seconds_trained
         skipped_before = self.nonfinite_total + self.scaler_skipped_total
@@ -574,10 +620,11 @@ class Trainer:
         self._truncate_log(self.step)  # the log must not run ahead of the checkpoint we continue from
 
         from tqdm.auto import tqdm
-        self._pbar = tqdm(initial=self.step, total=self.max_steps, disable=not self.progress, desc=self.stage,
-                          dynamic_ncols=True)
+        self._pbar = tqdm(initial=self.step, total=self.max_steps, disable=not (self.progress and self.is_main),
+                          desc=self.stage, dynamic_ncols=True)
         stream = batch_stream(dataset, batch_size, seed=self.seed, epoch=self.epoch, position=self.position,
-                              num_workers=num_workers, pin_memory=self.device.type == "cuda")
+                              num_workers=num_workers, pin_memory=self.device.type == "cuda", rank=self.rank,
+                              world=self.world)
         non_blocking = self.device.type == "cuda"
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         reason = "done"
@@ -586,7 +633,10 @@ class Trainer:
         self.model.train()
         try:
             while self.step < self.max_steps:
-                if budget is not None and time.perf_counter() - t_fit > budget:
+                over = budget is not None and time.perf_counter() - t_fit > budget
+                if self.world > 1:  # every process stops at the same step
+                    over = parallel.any_process(over, self.device)
+                if over:
                     reason = "budget"
                     break
                 step_loss, step_extras = self._forward_backward(stream, loss_fn, non_blocking)
@@ -627,21 +677,26 @@ class Trainer:
         return result(reason)
 
     def _forward_backward(self, stream, loss_fn: Callable, non_blocking: bool):
-        """``grad_accum`` micro-batches: forward under autocast, scaled backward; their mean loss and extras."""
+        """``grad_accum`` micro-batches: forward under autocast, backward through accelerate (which divides by
+        ``grad_accum`` and scales under fp16); their mean loss and extras.
+
+        accelerate's accumulation counter restarts at every optimizer step, so a step cut short by an error
+        cannot shift the next one's boundary."""
+        acc = self.accelerator
         self.optimizer.zero_grad(set_to_none=True)
+        acc.step = 0
         step_loss: Any = 0.0
         step_extras: dict[str, Any] = {}
         for _ in range(self.grad_accum):
             self.epoch, self.position, batch = next(stream)
             batch = _to_device(batch, self.device, non_blocking)
-            with self._autocast():
+            with acc.accumulate(self.model), self._autocast():
                 out = loss_fn(self.model, batch, self.step)
             loss, extras = out if isinstance(out, tuple) else (out, {})
             if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                 raise TypeError(f"loss_fn must return a scalar tensor or (scalar tensor, dict); got "
                                 f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
-            scaled = loss / self.grad_accum
-            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            acc.backward(loss)
             step_loss = step_loss + loss.detach().float() / self.grad_accum
             for k, v in extras.items():
                 v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
@@ -650,9 +705,16 @@ class Trainer:
 
     def _optimizer_step(self, step_loss, step_extras: dict, params: list, log_step: bool, lr: float, grad_norm,
                         last_finite):
-        """Skip a non-finite step (raising after ``max_nonfinite`` in a row), else unscale, clip, step; then the
-        window, the EMA and the LR schedule (which follows the step count, skipped steps included)."""
+        """Skip a non-finite step (raising after ``max_nonfinite`` in a row), else average the gradients over the
+        processes, unscale, clip, step; then the window, the EMA and the LR schedule (which follows the step
+        count, skipped steps included). With several processes the loss and logged terms are their means over
+        the processes, so every process takes the same decisions."""
         stepped = False
+        if self.world > 1:
+            keys = sorted(step_extras)
+            means = parallel.reduce_mean(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device)
+                                                      for v in (step_loss, *(step_extras[k] for k in keys))]))
+            step_loss, step_extras = means[0], {k: means[i + 1] for i, k in enumerate(keys)}
         if not bool(torch.isfinite(step_loss)):  # one host sync per optimizer step
             self.nonfinite_total += 1
             self._consecutive_nonfinite += 1
@@ -661,22 +723,16 @@ class Trainer:
         else:
             self._consecutive_nonfinite = 0
             last_finite = (self.step, step_loss)
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            if self.clip_grad is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+            if self.world > 1:
+                parallel.average_gradients(params, self.world)
+            if self.clip_grad is not None:  # unscales first under fp16
+                grad_norm = self.accelerator.clip_grad_norm_(params, self.clip_grad)
             elif log_step:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, float("inf"))
-            if self.scaler is not None:
-                scale = self.scaler.get_scale()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                stepped = self.scaler.get_scale() >= scale
-                if not stepped:
-                    self.scaler_skipped_total += 1
-            else:
-                self.optimizer.step()
-                stepped = True
+                grad_norm = self.accelerator.clip_grad_norm_(params, float("inf"))
+            self._stepper.step()  # under fp16: GradScaler.step + update, skipped on inf/nan gradients
+            stepped = not self._stepper.step_was_skipped
+            if not stepped:
+                self.scaler_skipped_total += 1
             self._win_n += 1
             self._win_loss = self._win_loss + step_loss
             for k, v in step_extras.items():
@@ -710,6 +766,8 @@ class Trainer:
         v["last"] = value
         if self.patience is not None and v["bad"] >= self.patience:
             v["stopped"] = True
+        if not self.is_main:
+            return
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "a") as f:
             f.write(json.dumps({"step": self.step, "val_loss": value, "val_best": v["best"],
