@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--backend", choices=["scratch", "sd15"],
                    help="siamese only: scratch (MONAI, from zero; CPU) or sd15 (Stable Diffusion 1.5 + ControlNet)")
     r.add_argument("--stages", nargs="+", help="only these notebooks, e.g. 03_sampling 04_evaluation")
+    r.add_argument("--processes", type=int, default=1,
+                   help="training processes, one GPU each (2 on Kaggle's T4 x2; on a CPU, gloo processes) for the "
+                        "notebooks with a `processes` parameter")
     r.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="a notebook parameter, e.g. -p vae_steps 500 (passed to every notebook that has it)")
     g = sub.add_parser("grid", help="experiment grids: papermill parameter sets run cell by cell, then tabulated")
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
                 return 2
             params["backend"] = args.backend
         try:
-            run_pipeline(args.method, args.profile, args.out, params, args.stages)
+            run_pipeline(args.method, args.profile, args.out, params, args.stages, processes=args.processes)
         except NotebookFailed as e:
             print(f"error: {e}", file=sys.stderr)
             return 1

@@ -64,6 +64,21 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "medkit"
 
 
+def gpu_info(device_index: int = 0) -> tuple[str, tuple[int, int]]:
+    """(name, compute capability) of a GPU, read with ``nvidia-smi`` when it answers so that CUDA stays
+    uninitialised in this process - ``accelerate.notebook_launcher`` can start its processes only then
+    (``medkit.train.launch``); else from torch (which initialises CUDA)."""
+    import subprocess
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={device_index}", "--query-gpu=name,compute_cap",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        name, cap = (x.strip() for x in out.stdout.strip().splitlines()[0].rsplit(",", 1))
+        major, minor = cap.split(".")
+        return name, (int(major), int(minor))
+    except Exception:  # no nvidia-smi, an older one without compute_cap, or an unexpected answer
+        return torch.cuda.get_device_name(device_index), tuple(torch.cuda.get_device_capability(device_index))
+
+
 def check_cuda_arch(device_index: int = 0) -> None:
     """Stop early, with a fix, when the installed torch has no kernels for this GPU.
 
@@ -73,7 +88,7 @@ def check_cuda_arch(device_index: int = 0) -> None:
     """
     if not torch.cuda.is_available():
         return
-    major, minor = torch.cuda.get_device_capability(device_index)
+    name, (major, minor) = gpu_info(device_index)
     archs = torch.cuda.get_arch_list()
     ok = False
     for a in archs:
@@ -86,7 +101,6 @@ def check_cuda_arch(device_index: int = 0) -> None:
         if kind == "compute" and (amaj, amin) <= (major, minor):
             ok = True
     if not ok:
-        name = torch.cuda.get_device_name(device_index)
         raise RuntimeError(
             f"This torch {torch.__version__} has no kernels for the {name} (compute capability "
             f"sm_{major}{minor}); it was built for {', '.join(archs) or 'no GPU'}. On Kaggle choose the "
@@ -119,16 +133,17 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if precision == "fp16":
         return torch.float16
     if precision == "bf16":
-        if device.type == "cuda" and torch.cuda.get_device_capability(device.index or 0)[0] < 8:
+        if device.type == "cuda" and gpu_info(device.index or 0)[1][0] < 8:
             raise ValueError("precision='bf16' needs a GPU of compute capability >= 8; this one has no "
                              "bf16 units (T4/P100/V100). Use 'fp16' or 'auto'.")
         return torch.bfloat16
-    return torch.bfloat16 if torch.cuda.get_device_capability(device.index or 0)[0] >= 8 else torch.float16
+    return torch.bfloat16 if gpu_info(device.index or 0)[1][0] >= 8 else torch.float16
 
 
 def describe() -> str:
     """One line about the machine, for notebook headers."""
     dev = "cpu"
     if torch.cuda.is_available():
-        dev = f"{torch.cuda.get_device_name(0)} (sm_{''.join(map(str, torch.cuda.get_device_capability(0)))})"
+        name, cap = gpu_info(0)
+        dev = f"{name} (sm_{''.join(map(str, cap))})"
     return f"medkit on {platform()}: torch {torch.__version__}, device {dev}, {os.cpu_count()} CPU cores"

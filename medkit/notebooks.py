@@ -32,13 +32,15 @@ def notebook_path(method: str, stage: str) -> Path:
 
 
 def run_pipeline(method: str, profile: str, out, params: dict | None = None, stages=None,
-                 kernel_name: str = "python3", log=print) -> dict:
+                 kernel_name: str = "python3", log=print, processes: int = 1) -> dict:
     """Execute the method's notebooks into ``out/notebooks/`` with ``profile`` and ``run_dir=out``.
 
     Every stage resumes from its own checkpoints, so running the same command again after an
     interruption continues where it stopped. A stage stopped by the wall-clock budget ends successfully
     (``medkit.session``): the later stages are not run and metrics.json says ``stopped``. Returns the run's
     metrics.json (with ``wall_seconds``). ``profile="auto"``: t4 with a CUDA GPU, else cpu-demo.
+    ``processes``: training processes for the notebooks that have a ``processes`` parameter
+    (``medkit.train.launch``: one GPU each); the others train in one process, and the log says so.
     """
     import papermill as pm
 
@@ -62,8 +64,14 @@ def run_pipeline(method: str, profile: str, out, params: dict | None = None, sta
         t = time.perf_counter()
         log(f"[medkit] {method} {stage} (profile {profile}) -> {dst}")
         session.clear_stop(run.path)
+        values = {"profile": profile, "run_dir": str(run.path), **(params or {})}
+        if processes != 1:
+            if "processes" in pm.inspect_notebook(str(src)):
+                values["processes"] = processes
+            else:
+                log(f"[medkit] {stage} has no `processes` parameter: it runs in one process")
         try:
-            pm.execute_notebook(str(src), str(dst), parameters={"profile": profile, "run_dir": str(run.path), **(params or {})},
+            pm.execute_notebook(str(src), str(dst), parameters=values,
                                 kernel_name=kernel_name, cwd=str(src.parent), progress_bar=sys.stderr.isatty(),
                                 log_output=False)
         except pm.PapermillExecutionError as e:

@@ -189,3 +189,24 @@ def test_cli_rejects_an_unknown_stage(tmp_path):
     with pytest.raises(SystemExit):  # argparse: unknown method
         cli.main(["run", "nomethod", "--out", str(tmp_path)])
     assert cli.main(["run", "sbldm", "--out", str(tmp_path), "--stages", "05_unknown"]) == 2
+
+
+def test_two_training_processes_from_the_command_line(tmp_path):
+    """`--processes 2` reaches the notebooks' `processes` parameter: each training stage runs in two CPU processes
+    (gloo; one GPU each on a machine with two), the main one writing the checkpoints; the later cells read the
+    trained weights back from the run directory."""
+    out = tmp_path / "two"
+    cmd = [sys.executable, "-m", "medkit", "run", "sbldm", "--profile", "smoke", "--out", str(out), "--processes", "2",
+           "--stages", "01_vae", "02_latent_diffusion"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MEDKIT_CACHE": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for stage in ("vae", "ldm"):
+        meta = json.loads((out / "checkpoints" / stage / "step_00000012" / "trainer.json").read_text())
+        assert meta["processes"] == 2 and meta["config"]["_trainer"]["batch_size"] == 2 * meta["config"][
+            f"{stage}_batch"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert 0 < m["vae"]["ssim"]["value"] <= 1 and m["ldm"]["steps"] == 12
+    nb = json.loads((out / "notebooks" / "01_vae.ipynb").read_text())
+    injected = [c for c in nb["cells"] if "injected-parameters" in c["metadata"].get("tags", [])]
+    assert "processes = 2" in "".join(injected[0]["source"])

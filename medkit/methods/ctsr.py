@@ -327,17 +327,27 @@ def latent_scale(vae: nn.Module, dataset, n: int = 64, batch: int = 4, device="c
 
 
 def train_stage(run, stage: str, model: nn.Module, loss_fn, dataset, cfg: dict, *, steps: int, lr: float,
-                batch: int, device, budget_s="auto"):
-    """One resumable stage through the kit's Trainer (AdamW, EMA, atomic checkpoints). At a wall-clock budget
-    stop ``result.finished`` is False: the notebook ends its cell with ``session.end_if_stopped(result, ...)``,
-    which skips the rest of the notebook successfully, so that running it again continues."""
-    from ..train import Trainer
+                batch: int, device, budget_s="auto", processes: int = 1, frozen: nn.Module | None = None):
+    """One resumable stage through the kit's Trainer (AdamW, EMA, atomic checkpoints); returns its ``TrainResult``.
+
+    ``processes`` > 1: one process per GPU (``medkit.train.launch``), ``batch`` per process; the trained weights
+    are in the run directory (``load_weights``). ``frozen``: a module the loss uses but does not train (the VAE
+    of the latent space), moved to each process's device. At a wall-clock budget stop ``result.finished`` is
+    False: the notebook ends its cell with ``session.end_if_stopped(result, ...)``, which skips the rest of the
+    notebook successfully, so that running it again continues."""
+    from ..train import Trainer, launch
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    trainer = Trainer(model, opt, run_dir=run.path, stage=stage, config=cfg, max_steps=steps,
-                      ema_decay=cfg["ema_decay"], precision=cfg["precision"], ckpt_every=cfg["ckpt_every"],
-                      budget_s=budget_s, seed=cfg["seed"], device=device)
-    return trainer, trainer.fit(dataset, batch, loss_fn)
+
+    def train():
+        trainer = Trainer(model, opt, run_dir=run.path, stage=stage, config=cfg, max_steps=steps,
+                          ema_decay=cfg["ema_decay"], precision=cfg["precision"], ckpt_every=cfg["ckpt_every"],
+                          budget_s=budget_s, seed=cfg["seed"], device=device)
+        if frozen is not None:
+            frozen.to(trainer.device)
+        return trainer.fit(dataset, batch, loss_fn)
+
+    return launch(train, processes=processes)
 
 
 def count(model: nn.Module) -> int:

@@ -11,10 +11,11 @@ from torch import nn
 from medkit.train.checkpoint import (CheckpointError, find_resumable, load_checkpoint, load_tensors, read_meta,
                                      save_checkpoint)
 from medkit.train.loop import ConfigMismatchError, NonFiniteLossError, Trainer, TrainResult
+from medkit.train.parallel import launch
 from medkit.train.schedules import lr_schedule
 
 __all__ = ["Trainer", "TrainResult", "ConfigMismatchError", "NonFiniteLossError", "CheckpointError",
-           "save_checkpoint", "load_checkpoint", "find_resumable", "load_weights", "recorded_facts", "lr_schedule"]
+           "save_checkpoint", "load_checkpoint", "find_resumable", "load_weights", "recorded_facts", "lr_schedule", "launch"]
 
 
 def recorded_facts(run_dir, stage: str) -> dict:

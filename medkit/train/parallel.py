@@ -184,6 +184,12 @@ def launch(fn: Callable, *args, processes: int = 1):
         if PartialState().num_processes > 1:
             raise RuntimeError("launch() was called inside a multi-process run; call it once, from the notebook")
         _reset_accelerate_state()  # only this process's own single-process state: the launchers refuse it
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        raise RuntimeError(
+            f"processes={processes}: this process has already used the GPU (a model or tensor was moved to CUDA "
+            f"before training), and accelerate can start one process per GPU only from a process that has not. "
+            f"Restart the kernel and run the notebook again with processes={processes} (its cells keep the GPU "
+            f"for after training), or use processes=1.")
     fd, out = tempfile.mkstemp(prefix="medkit-launch-", suffix=".pkl")
     os.close(fd)
     try:

@@ -76,6 +76,7 @@ vae_steps = None       # VAE optimiser steps; None: the profile value
 vae_from = None        # None: train the kit's 3D VAE | "maisi:PATH.pt" (MONAI MAISI) | "diffusers:FOLDER_OR_HUB_ID" (2D)
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15m on Kaggle, none elsewhere
+processes = 1          # training processes: 2 on Kaggle's "GPU T4 x2" (one GPU each); on a CPU, gloo processes (a trial, not faster)
 
 # %%
 import numpy as np
@@ -142,9 +143,9 @@ if cfg["vae_from"]:
     print(f"pretrained VAE {cfg['vae_from']}: downsampling {vae.factors}, {vae.latent_channels} latent channels")
 else:
     vae = ctsr.build_vae(cfg)
-    trainer, result = ctsr.train_stage(run, "vae", vae, lambda m, b, step: ctsr.vae_loss(m, b, step, cfg), patches,
-                                       cfg, steps=cfg["vae_steps"], lr=cfg["vae_lr"], batch=cfg["vae_batch"],
-                                       device=dev, budget_s=budget_s)
+    result = ctsr.train_stage(run, "vae", vae, lambda m, b, step: ctsr.vae_loss(m, b, step, cfg), patches,
+                              cfg, steps=cfg["vae_steps"], lr=cfg["vae_lr"], batch=cfg["vae_batch"],
+                              device=dev, budget_s=budget_s, processes=processes)
     print(result)
     session.end_if_stopped(result, run, "vae")  # a budget stop: the rest of the notebook is skipped, successfully
 

@@ -76,6 +76,7 @@ sr_steps = None        # ResShift optimiser steps; None: the profile value
 baselines = True       # also train the regression network and the DDPM baseline
 device = "auto"        # "auto" | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15m on Kaggle, none elsewhere
+processes = 1          # training processes: 2 on Kaggle's "GPU T4 x2" (one GPU each); on a CPU, gloo processes (a trial, not faster)
 
 # %%
 import torch
@@ -105,7 +106,8 @@ print(ctsr.describe(cfg))
 # %%
 vae, scale = None, 1.0
 if cfg["space"] == "latent":
-    vae = ctsr.load_vae(run, cfg, dev)
+    # with several processes CUDA must stay untouched here until launch() starts one process per GPU
+    vae = ctsr.load_vae(run, cfg, dev if processes == 1 else "cpu")
     scale = run.metrics()["vae"]["scale"]
 if cfg["skip"]:
     cfg["residual_var"] = ctsr.residual_variance_in_space(patches, vae, scale)
@@ -120,9 +122,9 @@ print(f"space {cfg['space']}, latent scale {scale:.4f}, var(x0 - y) = {cfg['resi
 sched = ctsr.scheduler(cfg)
 print(sched)
 model = ctsr.build_denoiser(cfg)
-trainer, result = ctsr.train_stage(run, "resshift", model, lambda m, b, step: ctsr.resshift_loss(m, b, step, sched, vae, scale, cfg),
-                                   patches, cfg, steps=cfg["sr_steps"], lr=cfg["sr_lr"], batch=cfg["sr_batch"],
-                                   device=dev, budget_s=budget_s)
+result = ctsr.train_stage(run, "resshift", model, lambda m, b, step: ctsr.resshift_loss(m, b, step, sched, vae, scale, cfg),
+                          patches, cfg, steps=cfg["sr_steps"], lr=cfg["sr_lr"], batch=cfg["sr_batch"],
+                          device=dev, budget_s=budget_s, processes=processes, frozen=vae)
 print(result)
 session.end_if_stopped(result, run, "resshift")  # a budget stop: the rest of the notebook is skipped, successfully
 
@@ -137,17 +139,18 @@ run.update_metrics("resshift", {"params": ctsr.count(model), "steps": result.ste
 # %%
 if baselines:
     reg = ctsr.Regression(cfg)
-    _, r_reg = ctsr.train_stage(run, "regression", reg, ctsr.regression_loss, patches, cfg, steps=cfg["reg_steps"],
-                                lr=cfg["reg_lr"], batch=cfg["sr_batch"], device=dev, budget_s=budget_s)
+    r_reg = ctsr.train_stage(run, "regression", reg, ctsr.regression_loss, patches, cfg, steps=cfg["reg_steps"],
+                             lr=cfg["reg_lr"], batch=cfg["sr_batch"], device=dev, budget_s=budget_s,
+                             processes=processes)
     session.end_if_stopped(r_reg, run, "regression")
 
 # %%
 if baselines:
     ddpm = ctsr.ddpm_scheduler(cfg)
     eps_model = ctsr.build_denoiser(cfg, target="eps")
-    _, r_ddpm = ctsr.train_stage(run, "ddpm", eps_model, lambda m, b, step: ctsr.ddpm_loss(m, b, step, ddpm, vae, scale),
-                                 patches, cfg, steps=cfg["ddpm_steps"], lr=cfg["sr_lr"], batch=cfg["sr_batch"],
-                                 device=dev, budget_s=budget_s)
+    r_ddpm = ctsr.train_stage(run, "ddpm", eps_model, lambda m, b, step: ctsr.ddpm_loss(m, b, step, ddpm, vae, scale),
+                              patches, cfg, steps=cfg["ddpm_steps"], lr=cfg["sr_lr"], batch=cfg["sr_batch"],
+                              device=dev, budget_s=budget_s, processes=processes, frozen=vae)
     session.end_if_stopped(r_ddpm, run, "ddpm")
 
 # %%

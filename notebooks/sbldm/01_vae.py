@@ -66,6 +66,7 @@ vae_steps = None       # optimiser steps; None: the profile value
 vae_batch = None       # slices per step; None: the profile value
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15m on Kaggle, none elsewhere
+processes = 1          # training processes: 2 on Kaggle's "GPU T4 x2" (one GPU each); on a CPU, gloo processes (a trial, not faster)
 
 # %%
 import torch
@@ -75,7 +76,7 @@ from medkit import data as mdata, env, metrics, session, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
 from medkit.eval import entry
-from medkit.train import Trainer, lr_schedule
+from medkit.train import Trainer, launch, load_weights, lr_schedule
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -120,12 +121,18 @@ print(f"AutoencoderKL: {medkit.nets.count_parameters(vae) / 1e6:.2f} M parameter
 # One call to medkit's training loop: mixed precision by device (fp16 + GradScaler on a T4, bf16 on
 # Ampere+, fp32 on CPU), gradient clipping, EMA, atomic checkpoints every `ckpt_every` steps, a JSON-lines
 # log, and a wall-clock budget. Interrupt it at any moment; running the notebook again continues.
+# With `processes = 2` every process runs `train()` whole on its own GPU with `vae_batch` slices per step
+# (twice the batch per step in all); `launch` starts them (accelerate's `notebook_launcher`).
 
 # %%
-trainer = Trainer(vae, opt, run_dir=run.path, stage="vae", config=cfg, max_steps=cfg["vae_steps"],
-                  lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
-                  ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"], device=dev)
-result = trainer.fit(train_ds, cfg["vae_batch"], lambda m, b, step: sbldm.vae_loss(m, b, step, cfg))
+def train():
+    trainer = Trainer(vae, opt, run_dir=run.path, stage="vae", config=cfg, max_steps=cfg["vae_steps"],
+                      lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
+                      ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"], device=dev)
+    return trainer.fit(train_ds, cfg["vae_batch"], lambda m, b, step: sbldm.vae_loss(m, b, step, cfg))
+
+
+result = launch(train, processes=processes)
 print(result)
 session.end_if_stopped(result, run, "vae")  # a budget stop: the rest of the notebook is skipped, successfully
 
@@ -141,7 +148,9 @@ viz.plot_losses({"VAE": viz.read_log(run / "logs" / "vae.jsonl")});  # the train
 # PSNR use the data range of [-1, 1] (equal to [0, 1] images with range 1).
 
 # %%
-vae_ema = trainer.ema_model.to(dev)
+vae_ema = sbldm.build_vae(cfg)
+load_weights(run.path, "vae", vae_ema)  # the EMA weights the training wrote (in this process or in others)
+vae_ema = vae_ema.to(dev)
 recon = sbldm.reconstruct(vae_ema, val_ds.images, device=dev)
 s = metrics.mean_ci(metrics.ssim(recon, val_ds.images, per_image=True))
 p = metrics.mean_ci(metrics.psnr(recon, val_ds.images, per_image=True))

@@ -64,6 +64,7 @@ freq_loss = None       # "focal" (Focal Frequency Loss) | "fft" (MSE of FFTs); N
 cutmix_p = None        # probability of latent CutMix per training sample; None or 0: off
 device = "auto"        # "auto" (CUDA if present) | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit for training in seconds; "auto": 11h15m on Kaggle, none elsewhere
+processes = 1          # training processes: 2 on Kaggle's "GPU T4 x2" (one GPU each); on a CPU, gloo processes (a trial, not faster)
 
 # %%
 import torch
@@ -72,7 +73,7 @@ import medkit
 from medkit import env, session, viz
 from medkit.methods import sbldm
 from medkit.run import RunDir
-from medkit.train import Trainer, load_weights, lr_schedule
+from medkit.train import Trainer, launch, load_weights, lr_schedule
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -96,8 +97,9 @@ print(f"run directory: {run.path}")
 # %%
 vae = sbldm.build_vae(cfg)
 vae_meta = load_weights(run.path, "vae", vae, ema=True)
-vae = vae.to(dev).eval().requires_grad_(False)
-mu, sigma, scale = sbldm.latent_cache(run.path / "cache" / "latents.safetensors", vae, vae_meta["checkpoint"], cfg, dev)
+enc_dev = dev if processes == 1 else torch.device("cpu")  # several processes: CUDA untouched here until launch()
+vae = vae.to(enc_dev).eval().requires_grad_(False)
+mu, sigma, scale = sbldm.latent_cache(run.path / "cache" / "latents.safetensors", vae, vae_meta["checkpoint"], cfg, enc_dev)
 latents = sbldm.LatentDataset(mu, sigma, scale)
 latent_shape = tuple(mu.shape[1:])
 # One draw z = mu + sigma * eps from a generator seeded by the run's seed: the statistics below and the
@@ -167,10 +169,14 @@ print(f"DiffusionModelUNet: {medkit.nets.count_parameters(unet) / 1e6:.2f} M par
 #   noising; the target follows the mixed latent. Never applied at sampling.
 
 # %%
-trainer = Trainer(unet, opt, run_dir=run.path, stage="ldm", config=cfg, max_steps=cfg["ldm_steps"],
-                  lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
-                  ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"], device=dev)
-result = trainer.fit(latents, cfg["ldm_batch"], lambda m, z0, step: sbldm.ldm_loss(m, z0, step, scheduler, cfg))
+def train():  # every process runs this whole (processes > 1: one GPU each, `ldm_batch` latents per process)
+    trainer = Trainer(unet, opt, run_dir=run.path, stage="ldm", config=cfg, max_steps=cfg["ldm_steps"],
+                      lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
+                      ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"], device=dev)
+    return trainer.fit(latents, cfg["ldm_batch"], lambda m, z0, step: sbldm.ldm_loss(m, z0, step, scheduler, cfg))
+
+
+result = launch(train, processes=processes)
 print(result)
 session.end_if_stopped(result, run, "ldm")  # a budget stop: the rest of the notebook is skipped, successfully
 

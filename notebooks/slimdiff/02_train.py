@@ -65,6 +65,7 @@ early_stop_patience = None  # validations without improvement before stopping; N
 val_every = None       # steps between validations (early stopping only); None: one balanced epoch
 device = "auto"        # "auto" | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit in seconds; "auto": 11h15m on Kaggle, none elsewhere
+processes = 1          # training processes: 2 on Kaggle's "GPU T4 x2" (one GPU each); on a CPU, gloo processes (a trial, not faster)
 
 # %%
 import math
@@ -76,7 +77,7 @@ from medkit import env, session, viz
 from medkit.data.lesion_slices import LesionSliceDataset, balanced_indices
 from medkit.methods import slimdiff
 from medkit.run import RunDir
-from medkit.train import Trainer, lr_schedule
+from medkit.train import Trainer, launch, lr_schedule
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -119,15 +120,24 @@ print(f"DiffusionModelUNet: {medkit.nets.count_parameters(unet) / 1e6:.2f} M par
 # unless val_every says otherwise; training stops after early_stop_patience validations without improvement.
 early = cfg["early_stop_patience"]
 val_set = LesionSliceDataset(cfg["cache"], "val") if early else None
-val_every = int(cfg["val_every"] or math.ceil(len(balanced) / cfg["batch"]))
+val_every = int(cfg["val_every"] or math.ceil(len(balanced) / (cfg["batch"] * processes)))
 if early:
     print(f"early stopping: validation on {len(val_set)} held-out slices every {val_every} steps, patience {early}")
-trainer = Trainer(unet, opt, run_dir=run.path, stage="slimdiff", config=cfg, max_steps=cfg["train_steps"],
-                  lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
-                  clip_grad=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"],
-                  device=dev, patience=early, validate_every=val_every,
-                  validate=(lambda m: slimdiff.validation_loss(m, val_set, scheduler, cfg, dev)) if early else None)
-result = trainer.fit(balanced, cfg["batch"], lambda m, b, step: slimdiff.training_loss(m, b, step, scheduler, cfg))
+
+
+def validate(m):
+    return slimdiff.validation_loss(m, val_set, scheduler, cfg, next(m.parameters()).device)
+
+
+def train():  # every process runs this whole (processes > 1: one GPU each, `batch` slices per process)
+    trainer = Trainer(unet, opt, run_dir=run.path, stage="slimdiff", config=cfg, max_steps=cfg["train_steps"],
+                      lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
+                      clip_grad=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"], budget_s=budget_s, seed=cfg["seed"],
+                      device=dev, patience=early, validate_every=val_every, validate=validate if early else None)
+    return trainer.fit(balanced, cfg["batch"], lambda m, b, step: slimdiff.training_loss(m, b, step, scheduler, cfg))
+
+
+result = launch(train, processes=processes)
 print(result)
 session.end_if_stopped(result, run, "slimdiff")  # a budget stop: the rest of the notebook is skipped, successfully
 
