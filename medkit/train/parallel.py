@@ -150,6 +150,11 @@ def gather(obj: Any) -> list:
 # ------------------------------------------------------------------------------------------ launch
 
 def _run_child(fn: Callable, out: str, args: tuple) -> None:
+    # One CPU thread per process: a process forked from one whose OpenMP pool has run (a notebook that cached
+    # its data with torch) deadlocks in its first multi-threaded op (GNU OpenMP is not fork-safe); accelerate
+    # would otherwise set its own thread count from OMP_NUM_THREADS.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
     _reset_accelerate_state()  # a forked child inherits the parent's single-process state
     result = fn(*args)
     from accelerate.state import PartialState
@@ -168,7 +173,8 @@ def launch(fn: Callable, *args, processes: int = 1):
     One process: a plain call. More, with CUDA GPUs: ``accelerate.notebook_launcher`` (one GPU each; a
     notebook must not touch CUDA before, so train only inside ``fn``); without a GPU: CPU processes over
     gloo (``accelerate.debug_launcher``, for trying the multi-process path on any machine - not faster).
-    Every process runs ``fn`` whole: build the model and data, then ``Trainer(...).fit(...)``.
+    Every process runs ``fn`` whole: build the model and data, then ``Trainer(...).fit(...)``. The processes
+    are forked (they inherit what the notebook built) and compute on one CPU thread each (see ``_run_child``).
     """
     if not isinstance(processes, int) or processes < 1:
         raise ValueError(f"processes={processes!r}: an integer >= 1 (1 = this process, 2 = both of Kaggle's T4s)")
