@@ -6,6 +6,7 @@ emulation): bf16 autocast on compute capability >= 8, fp16 autocast + GradScaler
 """
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -64,10 +65,8 @@ def cache_root() -> Path:
     return Path.home() / ".cache" / "medkit"
 
 
-def gpu_info(device_index: int = 0) -> tuple[str, tuple[int, int]]:
-    """(name, compute capability) of a GPU, read with ``nvidia-smi`` when it answers so that CUDA stays
-    uninitialised in this process - ``accelerate.notebook_launcher`` can start its processes only then
-    (``medkit.train.launch``); else from torch (which initialises CUDA)."""
+@functools.lru_cache(maxsize=None)
+def _nvidia_smi(device_index: int) -> tuple[str, tuple[int, int]] | None:
     import subprocess
     try:
         out = subprocess.run(["nvidia-smi", f"--id={device_index}", "--query-gpu=name,compute_cap",
@@ -76,7 +75,21 @@ def gpu_info(device_index: int = 0) -> tuple[str, tuple[int, int]]:
         major, minor = cap.split(".")
         return name, (int(major), int(minor))
     except Exception:  # no nvidia-smi, an older one without compute_cap, or an unexpected answer
-        return torch.cuda.get_device_name(device_index), tuple(torch.cuda.get_device_capability(device_index))
+        return None
+
+
+def gpu_capability(device_index: int = 0) -> tuple[int, int]:
+    """A GPU's compute capability, read with ``nvidia-smi`` when it answers so that CUDA stays uninitialised in
+    this process - ``accelerate.notebook_launcher`` can start its processes only then (``medkit.train.launch``);
+    else from torch (which initialises CUDA)."""
+    found = _nvidia_smi(device_index)
+    return found[1] if found else tuple(torch.cuda.get_device_capability(device_index))
+
+
+def gpu_name(device_index: int = 0) -> str:
+    """A GPU's name, from ``nvidia-smi`` when it answers (see ``gpu_capability``), else from torch."""
+    found = _nvidia_smi(device_index)
+    return found[0] if found else torch.cuda.get_device_name(device_index)
 
 
 def check_cuda_arch(device_index: int = 0) -> None:
@@ -88,7 +101,7 @@ def check_cuda_arch(device_index: int = 0) -> None:
     """
     if not torch.cuda.is_available():
         return
-    name, (major, minor) = gpu_info(device_index)
+    major, minor = gpu_capability(device_index)
     archs = torch.cuda.get_arch_list()
     ok = False
     for a in archs:
@@ -102,7 +115,7 @@ def check_cuda_arch(device_index: int = 0) -> None:
             ok = True
     if not ok:
         raise RuntimeError(
-            f"This torch {torch.__version__} has no kernels for the {name} (compute capability "
+            f"This torch {torch.__version__} has no kernels for the {gpu_name(device_index)} (compute capability "
             f"sm_{major}{minor}); it was built for {', '.join(archs) or 'no GPU'}. On Kaggle choose the "
             f"'GPU T4 x2' accelerator instead of the P100, or install a torch built for sm_{major}{minor}, "
             f"e.g. `pip install torch==2.5.1 --index-url https://download.pytorch.org/whl/cu121` "
@@ -133,17 +146,16 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     if precision == "fp16":
         return torch.float16
     if precision == "bf16":
-        if device.type == "cuda" and gpu_info(device.index or 0)[1][0] < 8:
+        if device.type == "cuda" and gpu_capability(device.index or 0)[0] < 8:
             raise ValueError("precision='bf16' needs a GPU of compute capability >= 8; this one has no "
                              "bf16 units (T4/P100/V100). Use 'fp16' or 'auto'.")
         return torch.bfloat16
-    return torch.bfloat16 if gpu_info(device.index or 0)[1][0] >= 8 else torch.float16
+    return torch.bfloat16 if gpu_capability(device.index or 0)[0] >= 8 else torch.float16
 
 
 def describe() -> str:
     """One line about the machine, for notebook headers."""
     dev = "cpu"
     if torch.cuda.is_available():
-        name, cap = gpu_info(0)
-        dev = f"{name} (sm_{''.join(map(str, cap))})"
+        dev = f"{gpu_name(0)} (sm_{''.join(map(str, gpu_capability(0)))})"
     return f"medkit on {platform()}: torch {torch.__version__}, device {dev}, {os.cpu_count()} CPU cores"

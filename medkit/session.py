@@ -32,7 +32,7 @@ def resolve_profile(profile: str, log=print) -> str:
     if profile != "auto":
         return profile
     if torch.cuda.is_available():
-        chosen, why = "t4", f"a CUDA GPU is present ({env.gpu_info(0)[0]})"
+        chosen, why = "t4", f"a CUDA GPU is present ({env.gpu_name(0)})"
     else:
         chosen, why = "cpu-demo", "no CUDA GPU is present"
     log(f"profile 'auto' -> '{chosen}': {why}. Set profile ({' | '.join(PROFILES)}) to choose another.")

@@ -4,6 +4,7 @@ Tiny MLP with dropout (so the RNG matters), 64 samples, batch 8 -> 8 batches per
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import shutil
@@ -469,7 +470,7 @@ def test_early_stop_after_patience_and_a_killed_run_stops_at_the_same_step(tmp_p
     assert val["stopped"] and val["bad"] == 3 and val["best_step"] == ra.step - 3 * 2
     # the same run killed part-way (a budget stop between checkpoints) and re-run: same stop, same weights
     b1 = make_trainer(tmp_path / "b", 200, **kw)
-    b1.max_steps = ra.step - 3  # stop before the early stop, then resume to the end
+    b1.settings = dataclasses.replace(b1.settings, max_steps=ra.step - 3)  # stop before the early stop, then resume
     b1.fit(dataset, 8, mse)
     b2 = make_trainer(tmp_path / "b", 200, **kw)
     rb = b2.fit(dataset, 8, mse)

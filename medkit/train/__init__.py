@@ -12,9 +12,10 @@ from medkit.train.checkpoint import (CheckpointError, find_resumable, load_check
                                      save_checkpoint)
 from medkit.train.loop import ConfigMismatchError, NonFiniteLossError, Trainer, TrainResult
 from medkit.train.parallel import launch
+from medkit.train.settings import TrainSettings
 from medkit.train.schedules import lr_schedule
 
-__all__ = ["Trainer", "TrainResult", "ConfigMismatchError", "NonFiniteLossError", "CheckpointError",
+__all__ = ["Trainer", "TrainSettings", "TrainResult", "ConfigMismatchError", "NonFiniteLossError", "CheckpointError",
            "save_checkpoint", "load_checkpoint", "find_resumable", "load_weights", "recorded_facts", "lr_schedule", "launch"]
 
 

@@ -26,7 +26,6 @@ import json
 import math
 import os
 import random
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -40,10 +39,10 @@ from torch import nn
 from medkit import env, session
 from medkit.train.checkpoint import (CheckpointError, clean_temp_dirs, load_checkpoint, resume_candidates,
                                      save_checkpoint)
-from medkit.train.config import (DEFAULT_FACTS, DEFAULT_IGNORE, ConfigMismatchError, _jsonable, config_diff,
-                                 config_hash)
+from medkit.train.config import ConfigMismatchError, _jsonable, config_diff, config_hash
 from medkit.train import parallel
 from medkit.train.data import batch_stream, derive_seed
+from medkit.train.settings import TrainSettings, check_run
 
 
 def ema_warmup_avg_fn(decay: float):
@@ -141,50 +140,30 @@ def _default_log(msg: str) -> None:
     tqdm.write(msg)
 
 
-def _check_settings(*, stage, resume, max_steps, grad_accum, ckpt_every, keep, log_every, max_nonfinite, ema_decay,
-                    config, validate, validate_every, patience) -> None:
-    """The Trainer's settings, each refused with what to use instead."""
-    if not re.fullmatch(r"[A-Za-z0-9_.-]+", str(stage)):
-        raise ValueError(f"stage={stage!r}: use letters, digits, '_', '-', '.' (it names files and folders)")
-    if resume not in ("auto", "force", "never"):
-        raise ValueError(f"resume={resume!r}: use 'auto', 'force' or 'never'")
-    for name, v in (("max_steps", max_steps), ("grad_accum", grad_accum), ("ckpt_every", ckpt_every),
-                    ("keep", keep), ("log_every", log_every), ("max_nonfinite", max_nonfinite)):
-        if not isinstance(v, int) or v < (0 if name == "max_steps" else 1):
-            raise ValueError(f"{name}={v!r}: must be an integer >= {0 if name == 'max_steps' else 1}")
-    if ema_decay is not None and not 0.0 <= ema_decay <= 1.0:
-        raise ValueError(f"ema_decay={ema_decay}: must be in [0, 1] (typically 0.999-0.9999), or None for no EMA")
-    if not isinstance(config, dict):
-        raise TypeError(f"config must be a dict (got {type(config).__name__})")
-    if validate is not None and not (isinstance(validate_every, int) and validate_every >= 1):
-        raise ValueError(f"validate_every={validate_every!r}: an integer >= 1 (steps between validations) "
-                         f"when validate is given")
-    if patience is not None and (validate is None or not (isinstance(patience, int) and patience >= 1)):
-        raise ValueError(f"patience={patience!r}: an integer >= 1 (validations without improvement), and it "
-                         f"needs validate=")
-
-
 # ---------------------------------------------------------------------------------------- trainer
 
 class Trainer:
     """Train ``model`` with ``optimizer`` for ``max_steps`` optimizer steps, resumably.
 
-    ``config`` is the run's resolved configuration; it is stored in every checkpoint, and resuming
-    a checkpoint trained under a different one (ignoring ``ignore_config_keys``) raises
-    ``ConfigMismatchError`` unless ``resume="force"``. ``max_steps`` is not part of it, so a
-    finished run can be extended by calling again with a larger ``max_steps``.
+    ``Trainer(model, optimizer, run_dir=..., stage=..., config=..., max_steps=..., **settings)``: the run's identity,
+    what it trains, optional callables, and ``TrainSettings`` (``medkit.train.settings``: steps, precision,
+    accumulation, clipping, EMA, seed, checkpoint cadence, budget, resume policy, early stopping) either as
+    ``settings=`` or as keyword arguments of the same names. Devices, mixed precision and processes come from
+    accelerate (``medkit.train.parallel``); what is the kit's own is here: resume, atomic checkpoints, the EMA, the
+    budget stop, logging and plots.
 
-    ``seed``: seeds torch/python/numpy RNGs at a fresh start (dropout, noise) and the data order.
-    ``resume``: "auto" (continue from the newest valid checkpoint if any), "force" (the same, even
-    if the config differs), "never" (start fresh; refuses if checkpoints exist, to protect them).
-    ``budget_s``: wall-clock limit; at it, a checkpoint is saved and ``fit`` returns with reason "budget".
-    "auto": on Kaggle, 11 h 15 min counted from the kernel's start (the session clock Kaggle enforces; see
-    ``medkit.session``), none elsewhere; a number: seconds from the start of this ``fit`` call; None: no limit.
-    ``facts``: config keys that record where something was found (a cache folder, where weights came from, the
-    optimizer the installed packages allowed): recorded in every checkpoint, not part of the resume check.
-    ``on_checkpoint``: callables ``f(path)`` run after each checkpoint is written (e.g. to copy it away).
-    ``persist``: on Kaggle/Colab, restore this stage from a previous session's output or Google Drive
-    before resuming, and mirror checkpoints to Drive on Colab (``medkit.persist``); no-op elsewhere.
+    ``config`` is the run's resolved configuration; it is stored in every checkpoint, and resuming a checkpoint
+    trained under a different one (ignoring ``ignore_config_keys`` and the where-found ``facts``) raises
+    ``ConfigMismatchError`` unless ``resume="force"``. ``max_steps`` is not part of it, so a finished run can be
+    extended by calling again with a larger ``max_steps``. ``budget_s="auto"``: on Kaggle, 11 h 15 min counted from
+    the kernel's start (``medkit.session``); at the budget a checkpoint is saved and ``fit`` returns with reason
+    "budget". ``on_checkpoint``: callables ``f(path)`` run after each checkpoint is written. ``persist``: on
+    Kaggle/Colab, restore this stage from a previous session's output or Google Drive before resuming, and mirror
+    checkpoints to Drive on Colab (``medkit.persist``).
+
+    Several processes (``medkit.train.launch``): every process builds the same Trainer; the model starts from
+    process 0's weights, each process trains on its slice of every batch, the gradients are averaged, and the
+    main process alone writes checkpoints, logs and plots while the others wait.
 
     Early stopping: ``validate(model) -> float`` (a validation loss, lower is better) runs every
     ``validate_every`` steps under ``torch.no_grad`` with the model in eval mode and the RNGs forked and
@@ -194,59 +173,31 @@ class Trainer:
     checkpoint, so a killed run resumes to the same stop; a run that stopped early stays stopped.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir, stage: str,
-                 config: dict, max_steps: int, lr_scheduler=None, ema_decay: float | None = 0.999,
-                 precision: str = "auto", grad_accum: int = 1, clip_grad: float | None = 1.0,
-                 ckpt_every: int = 500, keep: int = 3, log_every: int = 10, budget_s="auto", seed: int = 0,
-                 device=None, ignore_config_keys=DEFAULT_IGNORE, progress: bool = True,
-                 resume: str = "auto", max_nonfinite: int = 5, plot: bool = True,
-                 log: Callable[[str], None] | None = None,
-                 on_checkpoint: list[Callable[[Path], None]] | tuple = (), persist: bool = True,
-                 validate: Callable[[nn.Module], float] | None = None, validate_every: int = 0,
-                 patience: int | None = None, min_delta: float = 0.0, facts=DEFAULT_FACTS):
-        _check_settings(stage=stage, resume=resume, max_steps=max_steps, grad_accum=grad_accum, ckpt_every=ckpt_every,
-                        keep=keep, log_every=log_every, max_nonfinite=max_nonfinite, ema_decay=ema_decay,
-                        config=config, validate=validate, validate_every=validate_every, patience=patience)
-        session.budget_left_s(budget_s)  # a bad value fails here, not after the data is cached
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, *, run_dir, stage: str, config: dict,
+                 settings: TrainSettings | None = None, lr_scheduler=None,
+                 validate: Callable[[nn.Module], float] | None = None, log: Callable[[str], None] | None = None,
+                 on_checkpoint: list[Callable[[Path], None]] | tuple = (), **overrides):
+        self.settings = s = TrainSettings.make(settings, overrides)
+        check_run(stage, config, validate, s)
+        self.run_dir, self.stage, self.config = Path(run_dir), stage, config
+        self.lr_scheduler, self.validate, self.on_checkpoint = lr_scheduler, validate, list(on_checkpoint)
 
         # devices, mixed precision and processes come from accelerate (medkit.train.parallel)
-        self.accelerator = acc = parallel.make_accelerator(precision, device, grad_accum)
+        self.accelerator = acc = parallel.make_accelerator(s.precision, s.device, s.grad_accum)
         self.device = acc.device
         self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
+        self.log = (log or _default_log) if self.is_main else (lambda msg: None)  # one voice per run
         self.model = model.to(self.device)
         if self.world > 1:
             parallel.broadcast_module(self.model)
         self.optimizer = optimizer
         self._stepper = acc.prepare_optimizer(optimizer)  # the same optimizer, stepped through the GradScaler under fp16
-        self.lr_scheduler = lr_scheduler
-        self.run_dir = Path(run_dir)
-        self.stage = stage
-        self.config = config
-        self.max_steps = max_steps
-        self.ema_decay = ema_decay
-        self.precision = precision
-        self.grad_accum = grad_accum
-        self.clip_grad = clip_grad
-        self.ckpt_every, self.keep, self.log_every = ckpt_every, keep, log_every
-        self.budget_s = budget_s  # "auto": the Kaggle session clock, from the kernel's start (medkit.session)
-        self.seed = seed
-        self.facts = tuple(facts)
-        self.ignore_config_keys = tuple(dict.fromkeys((*ignore_config_keys, *self.facts)))
-        self.progress = progress
-        self.resume = resume
-        self.max_nonfinite = max_nonfinite
-        self.plot = plot
-        self.log = (log or _default_log) if self.is_main else (lambda msg: None)  # one voice per run
-        self.on_checkpoint = list(on_checkpoint)
-        self.persist = persist
-        self.validate, self.validate_every = validate, validate_every
-        self.patience, self.min_delta = patience, float(min_delta)
 
-        self.amp_dtype = env.autocast_dtype(self.device, precision)
+        self.amp_dtype = env.autocast_dtype(self.device, s.precision)
         self.scaler = acc.scaler  # a GradScaler under fp16, else None
-        self._ema_avg = ema_warmup_avg_fn(ema_decay) if ema_decay is not None else None
+        self._ema_avg = ema_warmup_avg_fn(s.ema_decay) if s.ema_decay is not None else None
         # the EMA weights: a copy of the model that ``_ema_update`` averages into; ``ema_updates`` counts the updates
-        self.ema = copy.deepcopy(self.model).requires_grad_(False) if ema_decay is not None else None
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if s.ema_decay is not None else None
         self._ema_lists, self.ema_updates = None, 0
 
         self.ckpt_dir = self.run_dir / "checkpoints" / stage
@@ -297,7 +248,7 @@ class Trainer:
 
     def _facts(self) -> dict:
         cfg = _jsonable(self.config)
-        return {k: cfg[k] for k in self.facts if k in cfg}
+        return {k: cfg[k] for k in self.settings.facts if k in cfg}
 
     def resolved_config(self, batch_size: int, dataset_len: int) -> dict:
         """The user config plus the trainer settings that change the result (not max_steps/precision).
@@ -306,8 +257,8 @@ class Trainer:
         ``grad_accum``): a 2-process run with 4 per process resumes in 1 process with batch_size 8.
         """
         cfg = _jsonable(self.config)
-        cfg["_trainer"] = {"stage": self.stage, "batch_size": batch_size * self.world, "grad_accum": self.grad_accum,
-                           "seed": self.seed, "ema_decay": self.ema_decay, "clip_grad": self.clip_grad,
+        cfg["_trainer"] = {"stage": self.stage, "batch_size": batch_size * self.world, "grad_accum": self.settings.grad_accum,
+                           "seed": self.settings.seed, "ema_decay": self.settings.ema_decay, "clip_grad": self.settings.clip_grad,
                            "dataset_len": dataset_len}
         return cfg
 
@@ -329,7 +280,7 @@ class Trainer:
     def _seed_fresh(self, *extra) -> None:
         """Seed every global RNG of this process: ``seed`` on process 0 (a 1-process run is what it always was),
         ``seed + rank`` on the others (accelerate's ``device_specific`` rule), so their noise differs."""
-        seed = self.seed + self.rank if not extra else derive_seed("medkit-rank", self.seed, self.rank, *extra)
+        seed = self.settings.seed + self.rank if not extra else derive_seed("medkit-rank", self.settings.seed, self.rank, *extra)
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -360,12 +311,12 @@ class Trainer:
     def _meta(self) -> dict:
         return {
             "stage": self.stage, "step": self.step, "epoch": self.epoch, "position": self.position,
-            "max_steps": self.max_steps, "finished": self.step >= self.max_steps or self._val["stopped"],
+            "max_steps": self.settings.max_steps, "finished": self.step >= self.settings.max_steps or self._val["stopped"],
             "validation": dict(self._val),
             "python_random": _py_random_to_json(random.getstate()),
             "numpy_random": _np_random_to_json(np.random.get_state()),
             "config": self._config, "config_hash": self._config_hash, "facts": self._facts(),
-            "ignore_config_keys": list(self.ignore_config_keys),
+            "ignore_config_keys": list(self.settings.ignored_keys),
             "last_loss": self._last_loss, "seconds": self.seconds_trained,
             "window": {"n": self._win_n, "loss": float(self._win_loss),
                        "extras": {k: float(v) for k, v in self._win_extras.items()},
@@ -395,13 +346,13 @@ class Trainer:
                 tensors["ema"] = self.ema.state_dict()
                 state["ema_n_averaged"] = torch.tensor(self.ema_updates, dtype=torch.long)
             path = save_checkpoint(self.ckpt_dir, self.step, tensors=tensors, state=state, meta=self._meta(),
-                                   keep=self.keep)
+                                   keep=self.settings.keep)
         self._last_ckpt_step = self.step
         self._n_saved += 1
         self._overhead["checkpoint"] += time.perf_counter() - t
         t = time.perf_counter()
         if self.is_main:
-            if self.persist:
+            if self.settings.persist:
                 from medkit import persist
                 persist.after_checkpoint(self.run_dir, self.stage, log=self.log)
             for callback in self.on_checkpoint:
@@ -470,7 +421,7 @@ class Trainer:
         if self.world > 1:
             self.accelerator.wait_for_everyone()
         candidates = resume_candidates(self.ckpt_dir)
-        if self.resume == "never":
+        if self.settings.resume == "never":
             if candidates:
                 raise FileExistsError(
                     f"resume='never' but {self.ckpt_dir} already holds checkpoints "
@@ -483,13 +434,13 @@ class Trainer:
             except CheckpointError as e:
                 self.log(f"checkpoint: skipping {path.name}: {e}")
                 continue
-            diff = config_diff(meta.get("config", {}), resolved, self.ignore_config_keys)
+            diff = config_diff(meta.get("config", {}), resolved, self.settings.ignored_keys)
             if meta.get("config_hash") != self._config_hash and diff:
                 lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
                 if meta.get("processes", 1) != self.world:
                     lines += (f"\n  (written by {meta.get('processes', 1)} process(es), now {self.world}: batch_size is "
                               f"per process, and a resume needs the same batch per step over all processes)")
-                if self.resume != "force":
+                if self.settings.resume != "force":
                     raise ConfigMismatchError(
                         f"{path} was trained with a different config:\n{lines or '  (hash differs)'}\n"
                         f"Use a new run_dir to train with the new settings, or pass resume='force' to continue "
@@ -497,7 +448,7 @@ class Trainer:
                         f"training).", diff)
                 self.log(f"resume='force': continuing {path.name} despite config changes:\n{lines}")
             self._restore(tensors, state, meta)
-            self.log(f"resumed {self.stage} from {path.name} (step {self.step}/{self.max_steps})")
+            self.log(f"resumed {self.stage} from {path.name} (step {self.step}/{self.settings.max_steps})")
             now = self._facts()
             was = meta.get("facts") or {k: meta.get("config", {}).get(k) for k in now}
             moved = {k: (was.get(k), v) for k, v in now.items() if was.get(k) != v}
@@ -558,7 +509,7 @@ class Trainer:
         self._write_log(t_fit, self._lr_now, self._grad_norm_now, partial=True)
 
     def _plot(self) -> None:
-        if not self.plot or not self.is_main:
+        if not self.settings.plot or not self.is_main:
             return
         t = time.perf_counter()
         from medkit.train.plot import plot_loss_log
@@ -573,18 +524,18 @@ class Trainer:
         ``batch`` is the DataLoader batch already on the device.
         """
         t_fit = time.perf_counter()
-        budget = session.budget_left_s(self.budget_s)
+        budget = session.budget_left_s(self.settings.budget_s)
         self._overhead = {"checkpoint": 0.0, "sync": 0.0, "log": 0.0, "plot": 0.0, "ema": 0.0}
         self._pbar = None
         self._last_ckpt_step = None
         self._n_saved = 0
         resolved = self.resolved_config(batch_size, len(dataset))
         self._config = resolved
-        self._config_hash = config_hash(resolved, self.ignore_config_keys)
+        self._config_hash = config_hash(resolved, self.settings.ignored_keys)
 
         self._lr_now, self._grad_norm_now = float(self.optimizer.param_groups[0]["lr"]), None
-        parallel.set_accumulation(self.grad_accum)
-        if self.persist and self.resume != "never" and self.is_main:
+        parallel.set_accumulation(self.settings.grad_accum)
+        if self.settings.persist and self.settings.resume != "never" and self.is_main:
             from medkit import persist
             persist.restore(self.run_dir, stages=[self.stage], log=self.log)
         resumed_from = self._find_and_load(resolved)
@@ -599,7 +550,7 @@ class Trainer:
 
         def result(reason: str) -> TrainResult:
             secs = time.perf_counter() - t_fit
-            return TrainResult(step=self.step, finished=self.step >= self.max_steps or self._val["stopped"],
+            return TrainResult(step=self.step, finished=self.step >= self.settings.max_steps or self._val["stopped"],
                                reason=reason,
                                last_loss=self._last_loss, resumed_from=resumed_from, seconds=secs,
                                skipped_steps=self.nonfinite_total + self.scaler_skipped_total - skipped_before,
@@ -607,22 +558,22 @@ class Trainer:
                                steps_run=self.step - start_step, checkpoints=self._n_saved)
 
         if self._val["stopped"] and resumed_from is not None:
-            self.log(f"{self.stage}: stopped early at step {self.step} (no validation improvement in {self.patience} "
+            self.log(f"{self.stage}: stopped early at step {self.step} (no validation improvement in {self.settings.patience} "
                      f"validations; best {self._val['best']:.6g} at step {self._val['best_step']}); weights loaded, "
                      f"nothing to do")
             return result("early_stop")
-        if self.step >= self.max_steps:
+        if self.step >= self.settings.max_steps:
             if resumed_from is not None:
-                self.log(f"{self.stage}: already trained to step {self.step} (max_steps={self.max_steps}); "
+                self.log(f"{self.stage}: already trained to step {self.step} (max_steps={self.settings.max_steps}); "
                          f"weights loaded, nothing to do")
                 self._finish_log(t_fit)
             return result("done")
         self._truncate_log(self.step)  # the log must not run ahead of the checkpoint we continue from
 
         from tqdm.auto import tqdm
-        self._pbar = tqdm(initial=self.step, total=self.max_steps, disable=not (self.progress and self.is_main),
+        self._pbar = tqdm(initial=self.step, total=self.settings.max_steps, disable=not (self.settings.progress and self.is_main),
                           desc=self.stage, dynamic_ncols=True)
-        stream = batch_stream(dataset, batch_size, seed=self.seed, epoch=self.epoch, position=self.position,
+        stream = batch_stream(dataset, batch_size, seed=self.settings.seed, epoch=self.epoch, position=self.position,
                               num_workers=num_workers, pin_memory=self.device.type == "cuda", rank=self.rank,
                               world=self.world)
         non_blocking = self.device.type == "cuda"
@@ -632,7 +583,7 @@ class Trainer:
         last_finite: tuple[int, Any] | None = None
         self.model.train()
         try:
-            while self.step < self.max_steps:
+            while self.step < self.settings.max_steps:
                 over = budget is not None and time.perf_counter() - t_fit > budget
                 if self.world > 1:  # every process stops at the same step
                     over = parallel.any_process(over, self.device)
@@ -641,7 +592,7 @@ class Trainer:
                     break
                 step_loss, step_extras = self._forward_backward(stream, loss_fn, non_blocking)
                 lr = self._lr_now = float(self.optimizer.param_groups[0]["lr"])
-                log_step = (self.step + 1) % self.log_every == 0
+                log_step = (self.step + 1) % self.settings.log_every == 0
                 grad_norm, last_finite = self._optimizer_step(step_loss, step_extras, params, log_step, lr, grad_norm,
                                                               last_finite)
                 self.step += 1
@@ -649,12 +600,12 @@ class Trainer:
                 self._pbar.update(1)
                 if log_step:
                     self._write_log(t_fit, lr, grad_norm)
-                if self.validate is not None and self.step % self.validate_every == 0:
+                if self.validate is not None and self.step % self.settings.validate_every == 0:
                     self._validation(t_fit)
                     if self._val["stopped"]:
                         reason = "early_stop"
                         break
-                if self.step % self.ckpt_every == 0:
+                if self.step % self.settings.ckpt_every == 0:
                     self._save(t_fit)
                     self._plot()
             # end of this call: final checkpoint (also at a budget stop), then flush the partial window
@@ -667,12 +618,12 @@ class Trainer:
             self._pbar.close()
             stream.close()
         if reason == "early_stop":
-            self.log(f"{self.stage}: early stop at step {self.step}: {self.patience} validations without improvement; "
+            self.log(f"{self.stage}: early stop at step {self.step}: {self.settings.patience} validations without improvement; "
                      f"best validation loss {self._val['best']:.6g} at step {self._val['best_step']}.")
         if reason == "budget":
             clock = (f"the session's {env.default_budget_s():.0f} s, counted from the kernel's start"
-                     if self.budget_s == "auto" else f"{budget:.0f} s from the start of this call")
-            self.log(f"{self.stage}: time budget ({clock}) used up at step {self.step}/{self.max_steps}; checkpoint "
+                     if self.settings.budget_s == "auto" else f"{budget:.0f} s from the start of this call")
+            self.log(f"{self.stage}: time budget ({clock}) used up at step {self.step}/{self.settings.max_steps}; checkpoint "
                      f"saved. Run again (a new session) to continue.")
         return result(reason)
 
@@ -687,7 +638,7 @@ class Trainer:
         acc.step = 0
         step_loss: Any = 0.0
         step_extras: dict[str, Any] = {}
-        for _ in range(self.grad_accum):
+        for _ in range(self.settings.grad_accum):
             self.epoch, self.position, batch = next(stream)
             batch = _to_device(batch, self.device, non_blocking)
             with acc.accumulate(self.model), self._autocast():
@@ -697,10 +648,10 @@ class Trainer:
                 raise TypeError(f"loss_fn must return a scalar tensor or (scalar tensor, dict); got "
                                 f"{type(loss).__name__} {tuple(getattr(loss, 'shape', ()))}")
             acc.backward(loss)
-            step_loss = step_loss + loss.detach().float() / self.grad_accum
+            step_loss = step_loss + loss.detach().float() / self.settings.grad_accum
             for k, v in extras.items():
                 v = v.detach().float() if isinstance(v, torch.Tensor) else float(v)
-                step_extras[k] = step_extras.get(k, 0.0) + v / self.grad_accum
+                step_extras[k] = step_extras.get(k, 0.0) + v / self.settings.grad_accum
         return step_loss, step_extras
 
     def _optimizer_step(self, step_loss, step_extras: dict, params: list, log_step: bool, lr: float, grad_norm,
@@ -718,15 +669,15 @@ class Trainer:
         if not bool(torch.isfinite(step_loss)):  # one host sync per optimizer step
             self.nonfinite_total += 1
             self._consecutive_nonfinite += 1
-            if self._consecutive_nonfinite >= self.max_nonfinite:
+            if self._consecutive_nonfinite >= self.settings.max_nonfinite:
                 self._raise_nonfinite(last_finite, lr)
         else:
             self._consecutive_nonfinite = 0
             last_finite = (self.step, step_loss)
             if self.world > 1:
                 parallel.average_gradients(params, self.world)
-            if self.clip_grad is not None:  # unscales first under fp16
-                grad_norm = self.accelerator.clip_grad_norm_(params, self.clip_grad)
+            if self.settings.clip_grad is not None:  # unscales first under fp16
+                grad_norm = self.accelerator.clip_grad_norm_(params, self.settings.clip_grad)
             elif log_step:
                 grad_norm = self.accelerator.clip_grad_norm_(params, float("inf"))
             self._stepper.step()  # under fp16: GradScaler.step + update, skipped on inf/nan gradients
@@ -753,18 +704,18 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         with torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
-            torch.manual_seed(self.seed * 1_000_003 + self.step)
+            torch.manual_seed(self.settings.seed * 1_000_003 + self.step)
             value = float(self.validate(self.model))
         self.model.train(was_training)
         v = self._val
         if not math.isfinite(value):
             raise NonFiniteLossError(f"{self.stage}: the validation loss is {value} at step {self.step}")
-        if v["best"] is None or value < v["best"] - self.min_delta:
+        if v["best"] is None or value < v["best"] - self.settings.min_delta:
             v.update(best=value, best_step=self.step, bad=0)
         else:
             v["bad"] += 1
         v["last"] = value
-        if self.patience is not None and v["bad"] >= self.patience:
+        if self.settings.patience is not None and v["bad"] >= self.settings.patience:
             v["stopped"] = True
         if not self.is_main:
             return
