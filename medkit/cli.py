@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="auto (default): t4 with a CUDA GPU, else cpu-demo")
     gr.add_argument("--out", required=True, help="grid directory: one run directory per cell, results.csv/md")
     gr.add_argument("--cells", nargs="+", help="only these cells")
+    gr.add_argument("--processes", type=int, default=1,
+                    help="training processes, one GPU each, for the stages with a `processes` parameter")
     gr.add_argument("--backend", default="local", choices=["local", "kaggle"],
                     help="local: papermill here; kaggle: each cell as a kernel version on Kaggle's runners")
     gr.add_argument("--gpu", action=argparse.BooleanOptionalAction, default=True, help="kaggle backend: T4 GPU")
@@ -100,7 +102,8 @@ def _grid(args) -> int:
     if args.backend == "kaggle":
         opts = {"gpu": args.gpu, "datasets": tuple(args.dataset), "internet": args.internet,
                 "parallel": args.parallel}
-    state = grid.run_grid(args.grid, args.profile, args.out, cells=args.cells, backend=args.backend, **opts)
+    state = grid.run_grid(args.grid, args.profile, args.out, cells=args.cells, backend=args.backend,
+                          processes=args.processes, **opts)
     failed = [c for c, e in state["cells"].items() if e.get("status") == "failed"]
     if failed:
         print(f"error: {len(failed)} cell(s) failed: {failed}; see error.txt in their run directories and "

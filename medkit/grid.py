@@ -233,8 +233,11 @@ def _run_one(method, profile, run_dir: Path, params, stages, backend, log, remot
 
 
 def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, cells=None, backend: str = "local",
-             parallel: int = 1, log=print, **remote_opts) -> dict:
+             parallel: int = 1, processes: int = 1, log=print, **remote_opts) -> dict:
     """Run every cell of ``grid`` (or only ``cells``) into ``out/<cell>``; then aggregate. Returns the state.
+
+    ``processes``: training processes (one GPU each) for every stage that has the parameter - a parameter of
+    every cell like the others, so cells trained with another count are refused as changed, not mixed in.
 
     ``parallel`` (Kaggle backend only): how many cell kernels run at once (Kaggle limits a user's
     concurrent GPU sessions); local cells run one after another, as they share this machine's cores.
@@ -243,6 +246,14 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
         raise GridError(f"parallel={parallel!r}: must be an integer >= 1")
     profile = session.resolve_profile(profile, log=log)
     spec = load_grid(grid, profile)
+    if not isinstance(processes, int) or processes < 1:
+        raise GridError(f"processes={processes!r}: an integer >= 1")
+    if processes != 1:
+        if "processes" not in _notebook_parameters(spec["method"]):
+            log(f"[grid] {spec['method']}'s notebooks have no `processes` parameter: they train in one process")
+        spec["shared_params"] = {**spec["shared_params"], "processes": processes}
+        for cell in spec["cells"].values():
+            cell["params"] = {**cell["params"], "processes": processes}
     if backend not in ("local", "kaggle"):
         raise GridError(f"backend={backend!r}: use 'local' or 'kaggle'")
     out = Path(out).expanduser().resolve()

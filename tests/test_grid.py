@@ -243,3 +243,25 @@ def test_a_cell_stopped_by_its_session_budget_is_stopped_not_failed_and_continue
         tmp_path / "E2.4" / "results.md").read_text()
     state = grid.run_grid("E2.4", "smoke", tmp_path / "E2.4", **opts)  # only the stopped cell runs again
     assert len(api.pushed) == 6 and all(e["status"] == "done" for e in state["cells"].values())
+
+
+def test_processes_reach_every_cell_as_a_parameter(tmp_path, monkeypatch):
+    """`grid run --processes 2`: every stage with a `processes` parameter gets it (shared stages too), and a cell run
+    with another count is a changed cell; a method without the parameter says that it trains in one process."""
+    import medkit.notebooks as nbs
+
+    seen = []
+
+    def fake_pipeline(method, profile, run_dir, params, stages, log=print, **kw):
+        seen.append((tuple(stages or ()), dict(params)))
+        return {}
+
+    monkeypatch.setattr(nbs, "run_pipeline", fake_pipeline)
+    state = grid.run_grid("E2.1", "smoke", tmp_path / "g", processes=2, log=lambda m: None)
+    assert seen and all(p.get("processes") == 2 for _, p in seen)
+    assert all(e["params"]["processes"] == 2 for k, e in state["cells"].items() if "params" in e)
+    with pytest.raises(grid.GridError, match="processes=0"):
+        grid.run_grid("E2.1", "smoke", tmp_path / "g", processes=0, log=lambda m: None)
+    said = []
+    grid.run_grid("siamese-table6", "smoke", tmp_path / "s", processes=2, log=said.append)
+    assert any("no `processes` parameter" in m for m in said)

@@ -238,8 +238,11 @@ def test_scratch_in_the_sbldm_vae_latent_space(tmp_path):
     out = tmp_path / "siamese-latent"
     r = subprocess.run([sys.executable, "-m", "medkit", "run", "siamese", "--backend", "scratch", "--profile", "smoke",
                         "--stages", "01_train", "02_sample", "-p", "space", "latent", "-p", "vae_run", str(vae_run),
-                        "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)
+                        "--processes", "2", "--out", str(out)], capture_output=True, text=True, timeout=900, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
+    # trained in two processes (latents prepared on the CPU, the GPU - here gloo - used only inside launch())
+    last = sorted((out / "checkpoints" / "siamese").glob("step_*"))[-1]
+    assert json.loads((last / "trainer.json").read_text())["processes"] == 2
     cfg = json.loads((out / "config" / "train.json").read_text())
     assert cfg["space"] == "latent" and cfg["vae_factor"] == 4 and cfg["latent_channels"] == 4
     assert cfg["latent_scale"] > 0 and cfg["latent_clip"] > 0
@@ -249,6 +252,13 @@ def test_scratch_in_the_sbldm_vae_latent_space(tmp_path):
         siamese.config("smoke", "scratch", space="latent")
     with pytest.raises(FileNotFoundError, match="config/vae.json is missing"):
         siamese.load_sbldm_vae(siamese.config("smoke", "scratch", space="latent", vae_run=str(tmp_path)))
+
+
+def test_two_processes_are_refused_for_sd15_with_the_reason(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "medkit", "run", "siamese", "--backend", "sd15", "--profile", "smoke",
+                        "--stages", "01_train", "--processes", "2", "--out", str(tmp_path / "sd15")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1 and "processes=2 is for the scratch backend" in r.stderr, r.stderr[-2000:]
 
 
 def test_config_warmup_default_none_and_checked():

@@ -84,6 +84,7 @@ model = None           # sd15 only: a diffusers folder or Hugging Face id; None:
 train_decoder = None   # sd15 only: also train the UNet decoder (the paper does; does not fit a T4 with AdamW)
 device = "auto"        # "auto" | "cpu" | "cuda"
 budget_s = "auto"      # wall-clock limit in seconds; "auto": 11h15m on Kaggle, none elsewhere
+processes = 1          # training processes, one GPU each (scratch backend; 2 on Kaggle's "GPU T4 x2"); on a CPU, gloo processes (a trial)
 
 # %%
 import math
@@ -96,7 +97,7 @@ from medkit import env, session, viz
 from medkit.data import pairs
 from medkit.methods import siamese
 from medkit.run import RunDir
-from medkit.train import Trainer, lr_schedule, recorded_facts
+from medkit.train import Trainer, launch, lr_schedule, recorded_facts
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
 print(env.describe())
@@ -110,6 +111,11 @@ cfg = siamese.config(profile, backend, **overrides)
 if ablation:
     cfg["ablation"] = ablation
 dev = env.pick_device(device)
+if processes != 1 and backend != "scratch":
+    raise ValueError(f"processes={processes} is for the scratch backend: sd15 computes its latents and prompt embeddings "
+                     f"on the GPU (and may load bitsandbytes) before training, and accelerate can only start one "
+                     f"process per GPU from a kernel that has not touched the GPU. Use processes=1 with sd15.")
+prep_dev = dev if processes == 1 else torch.device("cpu")  # several processes: the GPU stays untouched until launch()
 
 # %% [markdown]
 # ## Data
@@ -158,8 +164,8 @@ ctx = ctx_uncond = sd = None
 if backend == "scratch":
     dataset = train
     if cfg["space"] == "latent":  # the diffusion runs on z0 = s * mu(x) of the frozen SBLDM VAE
-        vae, vae_cfg = siamese.load_sbldm_vae(cfg, dev)
-        dataset, cfg["latent_scale"], cfg["latent_clip"] = siamese.sbldm_latents(vae, train, dev, seed=cfg["seed"])
+        vae, vae_cfg = siamese.load_sbldm_vae(cfg, prep_dev)
+        dataset, cfg["latent_scale"], cfg["latent_clip"] = siamese.sbldm_latents(vae, train, prep_dev, seed=cfg["seed"])
         cfg["latent_channels"] = int(vae_cfg["latent_channels"])
         cfg["vae_factor"] = 2 ** (len(vae_cfg["vae_channels"]) - 1)
         print(f"SBLDM VAE latents: {cfg['latent_channels']} x {cfg['image_size'] // cfg['vae_factor']}^2, "
@@ -172,7 +178,7 @@ else:
     dataset = siamese.precompute_latents(sd, train, dev, batch_size=8)
     cfg["latent_scale"] = sd.latent_scaling
     cfg["model_source"] = sd.source
-net.to(dev)
+net.to(prep_dev)
 params = siamese.trainable(net, cfg)
 scheduler = siamese.build_scheduler(cfg, "ddpm")
 before = recorded_facts(run.path, "siamese")  # resuming: the optimizer the run started with, whatever is installed now
@@ -194,12 +200,19 @@ print(f"UNet {medkit.nets.count_parameters(net.unet) / 1e6:.2f} M, ControlNet "
 # %%
 # The official code trains at a constant LR; `warmup_steps > 0` adds a linear warm-up (a labelled option).
 lr_sched = lr_schedule(opt, warmup_steps=cfg["warmup_steps"], decay="constant")  # None without a warm-up
-trainer = Trainer(params, opt, run_dir=run.path, stage="siamese", config=cfg, max_steps=cfg["train_steps"],
-                  lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
-                  grad_accum=cfg.get("grad_accum", 1), clip_grad=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"],
-                  log_every=1, budget_s=budget_s, seed=cfg["seed"], device=dev)  # every step's terms in the log
-result = trainer.fit(dataset, cfg["batch"],
-                     lambda m, b, step: siamese.training_loss(net, b, step, scheduler, cfg, ctx, ctx_uncond))
+
+
+def train():  # every process runs this whole (processes > 1: one GPU each, `batch` pairs per process)
+    trainer = Trainer(params, opt, run_dir=run.path, stage="siamese", config=cfg, max_steps=cfg["train_steps"],
+                      lr_scheduler=lr_sched, ema_decay=cfg["ema_decay"], precision=cfg["precision"],
+                      grad_accum=cfg.get("grad_accum", 1), clip_grad=cfg["grad_clip"], ckpt_every=cfg["ckpt_every"],
+                      log_every=1, budget_s=budget_s, seed=cfg["seed"], device=dev)  # every step's terms in the log
+    net.to(trainer.device)  # the frozen parts too (the loss calls the whole net)
+    return trainer.fit(dataset, cfg["batch"],
+                       lambda m, b, step: siamese.training_loss(net, b, step, scheduler, cfg, ctx, ctx_uncond))
+
+
+result = launch(train, processes=processes)
 print(result)
 session.end_if_stopped(result, run, "siamese")  # a budget stop: the rest of the notebook is skipped, successfully
 
