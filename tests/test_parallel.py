@@ -103,3 +103,17 @@ def test_checkpoints_move_between_process_counts(tmp_path):
 def test_launch_checks_its_setting():
     with pytest.raises(ValueError, match="processes=0"):
         parallel.launch(train, processes=0)
+
+
+def _session_start():
+    from medkit import session
+    return session.PROCESS_START, dist.get_world_size()
+
+
+def test_launched_processes_count_the_budget_from_the_kernels_start():
+    """The forked processes inherit the notebook kernel's start time: a Kaggle budget stop still counts from the
+    session's start, not from the launch."""
+    from medkit import session
+
+    start, world = parallel.launch(_session_start, processes=2)
+    assert world == 2 and start == session.PROCESS_START
