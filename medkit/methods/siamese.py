@@ -63,8 +63,8 @@ COMMON: dict[str, Any] = dict(
     k_tau=None,         # step after which Online-Augmentation starts; None = train_steps // 3
     t_tau=200,          # Online-Augmentation only for samples with t <= t_tau
     dhi=True,           # Dense Hint Input instead of ControlNet's conditioning embedding
-    space="pixel",      # scratch: "pixel" or "latent" (the latent space of a trained SBLDM VAE, ``vae_run``)
-    vae_run="",         # scratch, space="latent": the run directory of an SBLDM run whose VAE stage finished
+    space="pixel",      # scratch: "pixel" or "latent" (the latent space of an SBLDM VAE: ``vae_run``'s, or this run's)
+    vae_run="",         # scratch, space="latent": an SBLDM run whose VAE stage finished; "": train it here first
     num_train_timesteps=1000,
     sampling_steps=50,  # DDIM steps
     timestep_spacing="trailing",  # "trailing" (999, 979, ..., 19) | "leading": the official sampler's 981, 961, ..., 1
@@ -81,9 +81,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                       n_train=24, p_uncond=0.1, guidance_scale=2.0, sampling_steps=4, n_generate=8,
                       precision="fp32", ema_decay=0.999, gradient_checkpointing=False, data="mni152-tissue"),
         "cpu-demo": dict(image_size=64, unet_channels=(16, 32, 64), attention_levels=(False, False, True),
-                         num_res_blocks=1, num_head_channels=16, norm_num_groups=8, batch=8, train_steps=500,
-                         lr=1e-3, ckpt_every=100, n_train=0, p_uncond=0.1, guidance_scale=2.0, n_generate=40,
-                         precision="auto", ema_decay=0.999, gradient_checkpointing=False, data="mni152-tissue"),
+                         num_res_blocks=1, num_head_channels=16, norm_num_groups=8, batch=8, train_steps=2000,
+                         lr=1e-3, ckpt_every=200, n_train=0, p_uncond=0.1, guidance_scale=2.0, n_generate=40,
+                         precision="auto", ema_decay=0.999, gradient_checkpointing=False, data="mni152-tissue",
+                         space="latent"),
         "t4": dict(image_size=256, unet_channels=(64, 128, 256, 256), attention_levels=(False, False, True, True),
                    num_res_blocks=2, num_head_channels=32, norm_num_groups=32, batch=8, train_steps=30_000,
                    lr=1e-4, ckpt_every=1000, n_train=0, p_uncond=0.1, guidance_scale=2.0, n_generate=500,
@@ -138,9 +139,6 @@ def config(profile: str = "cpu-demo", backend: str = "scratch", **overrides) -> 
         raise ValueError(f"space={cfg['space']!r}: 'pixel' or 'latent' (the SBLDM VAE's latent space)")
     if cfg["space"] == "latent" and backend != "scratch":
         raise ValueError("space='latent' is for the scratch backend (sd15 always works in SD's latent space)")
-    if cfg["space"] == "latent" and not cfg["vae_run"]:
-        raise ValueError("space='latent' needs vae_run: the run directory of an SBLDM run whose VAE stage has "
-                         "finished (python -m medkit run sbldm --stages 01_vae --out DIR)")
     if cfg["image_size"] % 8:
         raise ValueError(f"image_size={cfg['image_size']}: use a multiple of 8")
     if backend == "scratch" and cfg["image_size"] % 2 ** (len(cfg["unet_channels"]) - 1):
@@ -246,15 +244,50 @@ def build_scratch(cfg: dict, image_channels: int = 1) -> SiameseNet:
     return SiameseNet(unet, controlnet, "monai", image_channels, channels)
 
 
-def load_sbldm_vae(cfg: dict, device="cpu"):
-    """The trained SBLDM VAE of ``cfg["vae_run"]`` (EMA weights, frozen) and its config; checks the image size."""
+def vae_config(cfg: dict, image_channels: int) -> dict:
+    """The SBLDM VAE a latent-space run trains as its first stage when it has no ``vae_run``: SBLDM's VAE of the
+    same profile (smoke, else cpu-demo: 0.25 M parameters, 1000 steps) at this run's image size and channels."""
+    from . import sbldm
+
+    vcfg = sbldm.config("smoke" if cfg["profile"] == "smoke" else "cpu-demo", image_size=cfg["image_size"],
+                        seed=cfg["seed"], precision=cfg["precision"])
+    vcfg["image_channels"] = int(image_channels)
+    return vcfg
+
+
+def train_vae(run, cfg: dict, dataset, image_channels: int, *, device=None, budget_s="auto", processes: int = 1):
+    """Stage ``vae`` of this run (``space="latent"`` without ``vae_run``): SBLDM's VAE on the training images, as
+    SBLDM's notebook 1 trains it; returns its ``TrainResult``. Resumes like every stage."""
+    from ..train import Trainer, launch, lr_schedule
+    from . import sbldm
+
+    vcfg = vae_config(cfg, image_channels)
+    run.save_config("vae", vcfg)
+    vae = sbldm.build_vae(vcfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=vcfg["vae_lr"], weight_decay=0.0)
+    sched = lr_schedule(opt, warmup_steps=vcfg["warmup_steps"], total_steps=vcfg["vae_steps"], floor=sbldm.LR_FLOOR)
+
+    def train():
+        trainer = Trainer(vae, opt, run_dir=run.path, stage="vae", config=vcfg, max_steps=vcfg["vae_steps"],
+                          lr_scheduler=sched, ema_decay=vcfg["ema_decay"], precision=vcfg["precision"],
+                          ckpt_every=vcfg["ckpt_every"], budget_s=budget_s, seed=vcfg["seed"], device=device)
+        return trainer.fit(dataset, vcfg["vae_batch"], lambda m, b, step: sbldm.vae_loss(m, b, step, vcfg))
+
+    return launch(train, processes=processes)
+
+
+def load_sbldm_vae(cfg: dict, device="cpu", run_dir=None):
+    """The trained SBLDM VAE of ``cfg["vae_run"]`` - or of ``run_dir``, the run that trained it as its first stage
+    when ``vae_run`` is empty - (EMA weights, frozen) and its config; checks the image size."""
     from pathlib import Path
 
     from ..run import RunDir
     from ..train import load_weights
     from . import sbldm
 
-    run_dir = Path(cfg["vae_run"]).expanduser()
+    if not cfg["vae_run"] and run_dir is None:
+        raise ValueError("space='latent' without vae_run: the VAE is this run's first stage; pass run_dir=")
+    run_dir = Path(cfg["vae_run"] or run_dir).expanduser()
     if not (run_dir / "config" / "vae.json").is_file():
         raise FileNotFoundError(f"vae_run={str(run_dir)!r}: {run_dir / 'config' / 'vae.json'} is missing; give the "
                                 "run directory of an SBLDM run whose VAE stage has finished "
@@ -275,8 +308,10 @@ def sbldm_latents(vae, dataset, device="cpu", seed: int = 0) -> tuple[list[dict]
     from . import sbldm
 
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-    if images.shape[1] != 1:
-        raise ValueError(f"the SBLDM VAE takes grey images; these have {images.shape[1]} channels")
+    want = vae.encoder.blocks[0].conv.in_channels if hasattr(vae, "encoder") else images.shape[1]
+    if images.shape[1] != want:
+        raise ValueError(f"the SBLDM VAE takes {want}-channel images; these have {images.shape[1]} channels (train "
+                         f"the VAE on images like these: leave vae_run empty and this run trains its own)")
     mu, sigma = sbldm.encode(vae, images, device=device)
     scale = sbldm.latent_scale(mu, sigma, seed=seed)
     z0 = scale * mu

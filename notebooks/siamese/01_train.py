@@ -74,8 +74,8 @@ ablation = ""          # "" (the full method) or a Table 5 setting: "1-controlne
 w_c = None             # Noise Consistency Loss weight (Table 6: 0, 0.5, 1, 1.5, 2); None: 1.0
 dhi = None             # Dense Hint Input on/off; None: on
 online_aug = None      # Online-Augmentation on/off; None: on
-space = None           # scratch: "pixel" | "latent" (the latent space of a trained SBLDM VAE, given by vae_run); None: pixel
-vae_run = ""           # scratch in latent space: the run directory of an SBLDM run whose VAE stage has finished
+space = None           # scratch: "pixel" | "latent" (an SBLDM VAE's latent space); None: the profile's (cpu-demo latent, else pixel)
+vae_run = ""           # scratch in latent space: an SBLDM run whose VAE stage has finished; "": this run trains its VAE first
 train_steps = None     # optimiser steps N (w_i grows as k / N); None: the profile's
 batch = None           # images per step; None: the profile's
 lr = None              # learning rate; None: the profile's
@@ -155,7 +155,8 @@ fig.tight_layout(); fig.savefig(run.figures / "data.png", dpi=100)
 # %% [markdown]
 # ## Model and schedule
 # scratch: the UNet and a ControlNet whose encoder starts as a copy of the UNet's, everything trained; in
-# pixel space, or in the latent space of a trained SBLDM VAE (`space = "latent"`, `vae_run`).
+# pixel space, or in the latent space of an SBLDM VAE (`space = "latent"`, the cpu-demo default): the one of
+# `vae_run`, or one this run trains first on its own training images (stage `vae`, SBLDM's VAE recipe).
 # sd15: SD 1.5's UNet, VAE and CLIP text encoder frozen; `ControlNetModel.from_unet` + DHI trained (and the
 # decoder when `train_decoder`). The latents and the prompt's embedding are computed once here.
 
@@ -164,7 +165,14 @@ ctx = ctx_uncond = sd = None
 if backend == "scratch":
     dataset = train
     if cfg["space"] == "latent":  # the diffusion runs on z0 = s * mu(x) of the frozen SBLDM VAE
-        vae, vae_cfg = siamese.load_sbldm_vae(cfg, prep_dev)
+        if not cfg["vae_run"]:  # this run's first stage: SBLDM's VAE trained on these training images
+            vae_result = siamese.train_vae(run, cfg, train, image_channels, device=dev, budget_s=budget_s,
+                                           processes=processes)
+            print(vae_result)
+            session.end_if_stopped(vae_result, run, "vae")  # a budget stop: the rest is skipped, successfully
+            run.update_metrics("vae", {"steps": vae_result.step, "train_seconds": vae_result.seconds,
+                                       "final_loss": vae_result.last_loss})
+        vae, vae_cfg = siamese.load_sbldm_vae(cfg, prep_dev, run_dir=run.path)
         dataset, cfg["latent_scale"], cfg["latent_clip"] = siamese.sbldm_latents(vae, train, prep_dev, seed=cfg["seed"])
         cfg["latent_channels"] = int(vae_cfg["latent_channels"])
         cfg["vae_factor"] = 2 ** (len(vae_cfg["vae_channels"]) - 1)

@@ -92,7 +92,7 @@ ctx = ctx_uncond = sd = None
 if cfg["backend"] == "scratch":
     net = siamese.build_scratch(cfg, cfg["image_channels"])
     if cfg.get("space") == "latent":
-        sd, _ = siamese.load_sbldm_vae(cfg, dev)  # its decoder turns the sampled latents into images
+        sd, _ = siamese.load_sbldm_vae(cfg, dev, run_dir=run.path)  # its decoder turns the sampled latents into images
 else:
     sd = siamese.load_sd15_components(cfg)
     net = siamese.build_sd15(cfg, sd)
