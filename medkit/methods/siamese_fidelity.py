@@ -89,7 +89,7 @@ ROWS = (
                          "the posterior mean of an SBLDM VAE trained as the run's first stage, encoded once"
                          if cfg["space"] == "latent" else "pixel space (no VAE)"),
         why=_each(SCRATCH_WHY, **{"scratch/cpu-demo": (
-            "no SD VAE here: a 0.25 M-parameter SBLDM VAE trained on the run's own images (80 s) gives a latent "
+            "no SD VAE here: a 0.25 M-parameter SBLDM VAE trained on the run's own images (about 1 min) gives a latent "
             "space in which 2000 CPU steps reach the real images' mask-following (docs/results/siamese); "
             "500 pixel-space steps gave mostly noise")})),
     Row("condition dropout for guidance", "training", "5% of prompts emptied", "official code", key="p_uncond",
