@@ -249,8 +249,6 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
     if not isinstance(processes, int) or processes < 1:
         raise GridError(f"processes={processes!r}: an integer >= 1")
     if processes != 1:
-        if "processes" not in _notebook_parameters(spec["method"]):
-            log(f"[grid] {spec['method']}'s notebooks have no `processes` parameter: they train in one process")
         spec["shared_params"] = {**spec["shared_params"], "processes": processes}
         for cell in spec["cells"].values():
             cell["params"] = {**cell["params"], "processes": processes}

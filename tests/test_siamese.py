@@ -106,7 +106,7 @@ def test_config_errors_and_ablations():
     for name, over in siamese.ABLATIONS.items():
         cfg = siamese.config("smoke", "scratch", **over)
         assert cfg["dhi"] == over["dhi"], name
-    assert siamese.k_tau(siamese.config("cpu-demo", "scratch")) == 500 // 3
+    assert siamese.k_tau(siamese.config("cpu-demo", "scratch")) == 2000 // 3
 
 
 def test_sampling_shapes_and_guidance_is_deterministic():
@@ -248,8 +248,20 @@ def test_scratch_in_the_sbldm_vae_latent_space(tmp_path):
     assert cfg["latent_scale"] > 0 and cfg["latent_clip"] > 0
     d = torch.load(out / "samples" / "real_masks.pt")
     assert d["images"].shape == (cfg["n_generate"], 1, 32, 32) and d["images"].abs().max() <= 1
-    with pytest.raises(ValueError, match="space='latent' needs vae_run"):
-        siamese.config("smoke", "scratch", space="latent")
+    # without vae_run the run trains its own VAE first (stage "vae", SBLDM's recipe on its training images): the
+    # cpu-demo default
+    own = tmp_path / "siamese-own-vae"
+    r = subprocess.run([sys.executable, "-m", "medkit", "run", "siamese", "--backend", "scratch", "--profile", "smoke",
+                        "--stages", "01_train", "-p", "space", "latent", "--out", str(own)],
+                       capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    vcfg = json.loads((own / "config" / "vae.json").read_text())
+    assert vcfg["method"] == "sbldm" and vcfg["image_channels"] == 1 and vcfg["image_size"] == 32
+    assert (own / "checkpoints" / "vae" / "latest").read_text().strip() == f"step_{vcfg['vae_steps']:08d}"
+    assert json.loads((own / "metrics.json").read_text())["vae"]["steps"] == vcfg["vae_steps"]
+    assert siamese.config("cpu-demo", "scratch")["space"] == "latent"
+    with pytest.raises(ValueError, match="without vae_run: the VAE is this run's first stage"):
+        siamese.load_sbldm_vae(siamese.config("smoke", "scratch", space="latent"))
     with pytest.raises(FileNotFoundError, match="config/vae.json is missing"):
         siamese.load_sbldm_vae(siamese.config("smoke", "scratch", space="latent", vae_run=str(tmp_path)))
 
