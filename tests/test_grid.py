@@ -246,8 +246,8 @@ def test_a_cell_stopped_by_its_session_budget_is_stopped_not_failed_and_continue
 
 
 def test_processes_reach_every_cell_as_a_parameter(tmp_path, monkeypatch):
-    """`grid run --processes 2`: every stage with a `processes` parameter gets it (shared stages too), and a cell run
-    with another count is a changed cell."""
+    """`grid run --processes 2`: the shared stages and every cell get `processes` as one of their parameters (so it
+    is part of each cell's identity, like any parameter); a bad count is refused."""
     import medkit.notebooks as nbs
 
     seen = []
