@@ -82,7 +82,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
                       precision="fp32", ema_decay=0.999, gradient_checkpointing=False, data="mni152-tissue"),
         "cpu-demo": dict(image_size=64, unet_channels=(16, 32, 64), attention_levels=(False, False, True),
                          num_res_blocks=1, num_head_channels=16, norm_num_groups=8, batch=8, train_steps=2000,
-                         lr=1e-3, ckpt_every=200, n_train=0, p_uncond=0.1, guidance_scale=2.0, n_generate=40,
+                         lr=1e-3, ckpt_every=200, n_train=0, p_uncond=0.1, guidance_scale=4.0, n_generate=40,
                          precision="auto", ema_decay=0.999, gradient_checkpointing=False, data="mni152-tissue",
                          space="latent"),
         "t4": dict(image_size=256, unet_channels=(64, 128, 256, 256), attention_levels=(False, False, True, True),

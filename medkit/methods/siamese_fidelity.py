@@ -111,7 +111,9 @@ ROWS = (
         key="guidance_scale",
         get=lambda cfg: (f"{cfg['guidance_scale']:g} on the text (the mask hint kept)" if cfg["backend"] == "sd15"
                          else f"{cfg['guidance_scale']:g} on the mask hint"),
-        why=_each("no text in the scratch model: guidance 2 on the mask hint (this kit's choice, not swept)")),
+        why=_each("no text in the scratch model: guidance 2 on the mask hint (this kit's choice, not swept)",
+                  **{"scratch/cpu-demo": "no text in the scratch model: guidance on the mask hint; 4 measured best of "
+                                         "1 / 2 / 4 at cpu-demo (mask-following, FID, KID; docs/results/siamese)"})),
     Row("eps re-derived from the clipped x0 (DDIM)", "sampler", "no (latents are not clipped)", "official code",
         key="backend", get=lambda cfg: "yes (pixel space, x0 clipped to [-1, 1])" if cfg["backend"] == "scratch"
         else "no (latents are not clipped)",
