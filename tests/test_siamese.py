@@ -262,6 +262,9 @@ def test_scratch_in_the_sbldm_vae_latent_space(tmp_path):
     assert siamese.config("cpu-demo", "scratch")["space"] == "latent"
     with pytest.raises(ValueError, match="without vae_run: the VAE is this run's first stage"):
         siamese.load_sbldm_vae(siamese.config("smoke", "scratch", space="latent"))
+    rgb = dict(siamese.config("smoke", "scratch", space="latent", vae_run=str(vae_run)), image_channels=3)
+    with pytest.raises(ValueError, match="takes 1-channel images, this run's have 3"):
+        siamese.load_sbldm_vae(rgb)
     with pytest.raises(FileNotFoundError, match="config/vae.json is missing"):
         siamese.load_sbldm_vae(siamese.config("smoke", "scratch", space="latent", vae_run=str(tmp_path)))
 

@@ -116,7 +116,8 @@ def build_vae(cfg: dict) -> torch.nn.Module:
     """The VAE of ``cfg``, its weights initialised from ``cfg['seed']`` (same seed, same network)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg["seed"])
-        return nets.make_vae(spatial_dims=2, in_channels=cfg.get("image_channels", 1), latent_channels=cfg["latent_channels"],
+        return nets.make_vae(spatial_dims=2, in_channels=cfg.get("image_channels", 1),
+                             latent_channels=cfg["latent_channels"],
                              channels=cfg["vae_channels"], num_res_blocks=cfg["vae_res_blocks"],
                              norm_num_groups=cfg["vae_groups"],
                              gradient_checkpointing=cfg["gradient_checkpointing"])

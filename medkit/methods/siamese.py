@@ -296,6 +296,10 @@ def load_sbldm_vae(cfg: dict, device="cpu", run_dir=None):
     if int(vcfg["image_size"]) != int(cfg["image_size"]):
         raise ValueError(f"the SBLDM VAE in {run_dir} was trained at {vcfg['image_size']} px, this run uses "
                          f"image_size={cfg['image_size']}: train the VAE at the same size or change image_size")
+    have, want = int(vcfg.get("image_channels", 1)), int(cfg.get("image_channels", 1))
+    if have != want:
+        raise ValueError(f"the SBLDM VAE in {run_dir} takes {have}-channel images, this run's have {want}: leave "
+                         f"vae_run empty and the run trains a VAE on its own images first")
     vae = sbldm.build_vae(vcfg)
     load_weights(run_dir, "vae", vae, ema=True, log=lambda *a: None)
     return vae.to(device).eval().requires_grad_(False), vcfg
@@ -308,10 +312,6 @@ def sbldm_latents(vae, dataset, device="cpu", seed: int = 0) -> tuple[list[dict]
     from . import sbldm
 
     images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-    want = vae.encoder.blocks[0].conv.in_channels if hasattr(vae, "encoder") else images.shape[1]
-    if images.shape[1] != want:
-        raise ValueError(f"the SBLDM VAE takes {want}-channel images; these have {images.shape[1]} channels (train "
-                         f"the VAE on images like these: leave vae_run empty and this run trains its own)")
     mu, sigma = sbldm.encode(vae, images, device=device)
     scale = sbldm.latent_scale(mu, sigma, seed=seed)
     z0 = scale * mu

@@ -16,7 +16,8 @@ from medkit.train.settings import TrainSettings
 from medkit.train.schedules import lr_schedule
 
 __all__ = ["Trainer", "TrainSettings", "TrainResult", "ConfigMismatchError", "NonFiniteLossError", "CheckpointError",
-           "save_checkpoint", "load_checkpoint", "find_resumable", "load_weights", "recorded_facts", "lr_schedule", "launch"]
+           "save_checkpoint", "load_checkpoint", "find_resumable", "load_weights", "recorded_facts", "lr_schedule",
+           "launch"]
 
 
 def recorded_facts(run_dir, stage: str) -> dict:

@@ -81,6 +81,7 @@ def batch_stream(dataset, batch_size: int, *, seed: int, epoch: int, position: i
         while position >= nb:
             epoch, position = epoch + 1, position - nb
         sampler.set_epoch(epoch, position)
+        # process 0 keeps the seed a 1-process run always had, so single-process results are unchanged
         gen.manual_seed(derive_seed("medkit-loader", seed, epoch) if rank == 0
                         else derive_seed("medkit-loader", seed, epoch, rank))
         for batch in loader:

@@ -185,13 +185,13 @@ class Trainer:
         # devices, mixed precision and processes come from accelerate (medkit.train.parallel)
         self.accelerator = acc = parallel.make_accelerator(s.precision, s.device, s.grad_accum)
         self.device = acc.device
-        self.rank, self.world, self.is_main = acc.process_index, acc.num_processes, acc.is_main_process
         self.log = (log or _default_log) if self.is_main else (lambda msg: None)  # one voice per run
         self.model = model.to(self.device)
-        if self.world > 1:
-            parallel.broadcast_module(self.model)
+        if self.world > 1:  # every process starts from process 0's weights, as DDP would
+            from accelerate.utils import broadcast
+            broadcast([t.data for t in (*self.model.parameters(), *self.model.buffers())], from_process=0)
         self.optimizer = optimizer
-        self._stepper = acc.prepare_optimizer(optimizer)  # the same optimizer, stepped through the GradScaler under fp16
+        self._stepper = acc.prepare_optimizer(optimizer)  # the same optimizer, stepped via the GradScaler under fp16
 
         self.amp_dtype = env.autocast_dtype(self.device, s.precision)
         self.scaler = acc.scaler  # a GradScaler under fp16, else None
@@ -215,6 +215,19 @@ class Trainer:
         self._last_loss: float | None = None
         self._val = {"best": None, "best_step": None, "bad": 0, "last": None, "stopped": False}
         self._reset_window()
+
+    # ------------------------------------------------------------------ processes (from the accelerator)
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
 
     # ------------------------------------------------------------------ public helpers
     @torch.no_grad()
@@ -257,8 +270,9 @@ class Trainer:
         ``grad_accum``): a 2-process run with 4 per process resumes in 1 process with batch_size 8.
         """
         cfg = _jsonable(self.config)
-        cfg["_trainer"] = {"stage": self.stage, "batch_size": batch_size * self.world, "grad_accum": self.settings.grad_accum,
-                           "seed": self.settings.seed, "ema_decay": self.settings.ema_decay, "clip_grad": self.settings.clip_grad,
+        s = self.settings
+        cfg["_trainer"] = {"stage": self.stage, "batch_size": batch_size * self.world, "grad_accum": s.grad_accum,
+                           "seed": s.seed, "ema_decay": s.ema_decay, "clip_grad": s.clip_grad,
                            "dataset_len": dataset_len}
         return cfg
 
@@ -280,7 +294,8 @@ class Trainer:
     def _seed_fresh(self, *extra) -> None:
         """Seed every global RNG of this process: ``seed`` on process 0 (a 1-process run is what it always was),
         ``seed + rank`` on the others (accelerate's ``device_specific`` rule), so their noise differs."""
-        seed = self.settings.seed + self.rank if not extra else derive_seed("medkit-rank", self.settings.seed, self.rank, *extra)
+        seed = self.settings.seed
+        seed = seed + self.rank if not extra else derive_seed("medkit-rank", seed, self.rank, *extra)
         torch.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -311,7 +326,8 @@ class Trainer:
     def _meta(self) -> dict:
         return {
             "stage": self.stage, "step": self.step, "epoch": self.epoch, "position": self.position,
-            "max_steps": self.settings.max_steps, "finished": self.step >= self.settings.max_steps or self._val["stopped"],
+            "max_steps": self.settings.max_steps,
+            "finished": self.step >= self.settings.max_steps or self._val["stopped"],
             "validation": dict(self._val),
             "python_random": _py_random_to_json(random.getstate()),
             "numpy_random": _np_random_to_json(np.random.get_state()),
@@ -334,8 +350,9 @@ class Trainer:
         self.seconds_trained = self._seconds_base + (t - t_fit)
         rng = self._rng_state()
         if self.world > 1:  # a collective: every process takes part
-            rng["ranks"] = parallel.gather({**self._rng_state(), "python": _py_random_to_json(random.getstate()),
-                                            "numpy": _np_random_to_json(np.random.get_state())})
+            from accelerate.utils import gather_object
+            rng["ranks"] = gather_object([{**rng, "python": _py_random_to_json(random.getstate()),
+                                           "numpy": _np_random_to_json(np.random.get_state())}])
         path = self.ckpt_dir / f"step_{self.step:08d}"
         if self.is_main:
             tensors = {"model": self.model.state_dict()}
@@ -438,8 +455,9 @@ class Trainer:
             if meta.get("config_hash") != self._config_hash and diff:
                 lines = "\n".join(f"  {k}: checkpoint={a!r} now={b!r}" for k, (a, b) in diff.items())
                 if meta.get("processes", 1) != self.world:
-                    lines += (f"\n  (written by {meta.get('processes', 1)} process(es), now {self.world}: batch_size is "
-                              f"per process, and a resume needs the same batch per step over all processes)")
+                    lines += (f"\n  (written by {meta.get('processes', 1)} process(es), now {self.world}: "
+                              f"batch_size is per process, and a resume needs the same batch per step over all "
+                              f"processes)")
                 if self.settings.resume != "force":
                     raise ConfigMismatchError(
                         f"{path} was trained with a different config:\n{lines or '  (hash differs)'}\n"
@@ -558,7 +576,8 @@ class Trainer:
                                steps_run=self.step - start_step, checkpoints=self._n_saved)
 
         if self._val["stopped"] and resumed_from is not None:
-            self.log(f"{self.stage}: stopped early at step {self.step} (no validation improvement in {self.settings.patience} "
+            self.log(f"{self.stage}: stopped early at step {self.step} (no validation improvement in "
+                     f"{self.settings.patience} "
                      f"validations; best {self._val['best']:.6g} at step {self._val['best_step']}); weights loaded, "
                      f"nothing to do")
             return result("early_stop")
@@ -571,8 +590,8 @@ class Trainer:
         self._truncate_log(self.step)  # the log must not run ahead of the checkpoint we continue from
 
         from tqdm.auto import tqdm
-        self._pbar = tqdm(initial=self.step, total=self.settings.max_steps, disable=not (self.settings.progress and self.is_main),
-                          desc=self.stage, dynamic_ncols=True)
+        self._pbar = tqdm(initial=self.step, total=self.settings.max_steps, desc=self.stage, dynamic_ncols=True,
+                          disable=not (self.settings.progress and self.is_main))
         stream = batch_stream(dataset, batch_size, seed=self.settings.seed, epoch=self.epoch, position=self.position,
                               num_workers=num_workers, pin_memory=self.device.type == "cuda", rank=self.rank,
                               world=self.world)
@@ -585,8 +604,8 @@ class Trainer:
         try:
             while self.step < self.settings.max_steps:
                 over = budget is not None and time.perf_counter() - t_fit > budget
-                if self.world > 1:  # every process stops at the same step
-                    over = parallel.any_process(over, self.device)
+                if self.world > 1:  # every process stops at the same step: when any of them is over
+                    over = bool(self.accelerator.reduce(torch.tensor([float(over)], device=self.device), "max"))
                 if over:
                     reason = "budget"
                     break
@@ -618,12 +637,14 @@ class Trainer:
             self._pbar.close()
             stream.close()
         if reason == "early_stop":
-            self.log(f"{self.stage}: early stop at step {self.step}: {self.settings.patience} validations without improvement; "
+            self.log(f"{self.stage}: early stop at step {self.step}: {self.settings.patience} validations without "
+                     f"improvement; "
                      f"best validation loss {self._val['best']:.6g} at step {self._val['best_step']}.")
         if reason == "budget":
             clock = (f"the session's {env.default_budget_s():.0f} s, counted from the kernel's start"
                      if self.settings.budget_s == "auto" else f"{budget:.0f} s from the start of this call")
-            self.log(f"{self.stage}: time budget ({clock}) used up at step {self.step}/{self.settings.max_steps}; checkpoint "
+            self.log(f"{self.stage}: time budget ({clock}) used up at step {self.step}/{self.settings.max_steps}; "
+                     f"checkpoint "
                      f"saved. Run again (a new session) to continue.")
         return result(reason)
 
@@ -663,8 +684,9 @@ class Trainer:
         stepped = False
         if self.world > 1:
             keys = sorted(step_extras)
-            means = parallel.reduce_mean(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device)
-                                                      for v in (step_loss, *(step_extras[k] for k in keys))]))
+            means = self.accelerator.reduce(torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device)
+                                                         for v in (step_loss, *(step_extras[k] for k in keys))]),
+                                            "mean")
             step_loss, step_extras = means[0], {k: means[i + 1] for i, k in enumerate(keys)}
         if not bool(torch.isfinite(step_loss)):  # one host sync per optimizer step
             self.nonfinite_total += 1

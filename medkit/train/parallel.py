@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
@@ -110,41 +110,6 @@ def average_gradients(params: list[torch.Tensor], world: int) -> None:
                 b.copy_(flat[offset:offset + b.numel()].view_as(b))
                 offset += b.numel()
             bucket, size = [], 0
-
-
-@torch.no_grad()
-def broadcast_module(module: torch.nn.Module) -> None:
-    """Process 0's parameters and buffers on every process (what DDP does at construction): the processes
-    start from the same weights even when each built its model from another random state."""
-    import torch.distributed as dist
-
-    for t in (*module.parameters(), *module.buffers()):
-        dist.broadcast(t.data, src=0)
-
-
-def reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """The mean over processes of a small float tensor (the step's loss and logged terms)."""
-    import torch.distributed as dist
-
-    out = values.detach().clone()
-    dist.all_reduce(out)
-    return out / dist.get_world_size()
-
-
-def any_process(flag: bool, device: torch.device) -> bool:
-    """True on every process when ``flag`` is true on any of them (the budget stop, so all stop together)."""
-    import torch.distributed as dist
-
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
-
-
-def gather(obj: Any) -> list:
-    """``obj`` of every process, in rank order, on every process (RNG states for a checkpoint)."""
-    from accelerate.utils import gather_object
-
-    return gather_object([obj])
 
 
 # ------------------------------------------------------------------------------------------ launch
