@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 
 from medkit import env, session
@@ -84,18 +85,6 @@ class TrainResult:
 
 
 # ------------------------------------------------------------------------------------------ utils
-
-def _to_device(batch, device: torch.device, non_blocking: bool):
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=non_blocking)
-    if isinstance(batch, dict):
-        return type(batch)((k, _to_device(v, device, non_blocking)) for k, v in batch.items())
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(_to_device(v, device, non_blocking) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device, non_blocking) for v in batch)
-    return batch
-
 
 def _finite_or_none(x: float | None) -> float | None:
     return x if x is not None and math.isfinite(x) else None
@@ -661,7 +650,7 @@ class Trainer:
         step_extras: dict[str, Any] = {}
         for _ in range(self.settings.grad_accum):
             self.epoch, self.position, batch = next(stream)
-            batch = _to_device(batch, self.device, non_blocking)
+            batch = send_to_device(batch, self.device, non_blocking=non_blocking)
             with acc.accumulate(self.model), self._autocast():
                 out = loss_fn(self.model, batch, self.step)
             loss, extras = out if isinstance(out, tuple) else (out, {})
