@@ -587,3 +587,24 @@ def test_a_checkpoint_of_another_lr_schedule_kind_is_refused_with_the_reason(tmp
     t.lr_scheduler = lr_schedule(t.optimizer, warmup_steps=3, total_steps=14, floor=0.1)
     with pytest.raises(CheckpointError, match="LR schedule state is of another kind than this SequentialLR"):
         t.fit(dataset, 8, mse)
+
+
+def test_settings_as_one_value_or_keywords(tmp_path):
+    """The Trainer's settings: a TrainSettings, keyword arguments of the same names over it, unknown names and a
+    missing max_steps refused naming them; the settings are one frozen value, not copied onto the Trainer."""
+    from medkit.train import TrainSettings
+
+    base = TrainSettings(max_steps=5, seed=3, ckpt_every=2)
+    model = nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    t = Trainer(model, opt, run_dir=tmp_path, stage="s", config={}, settings=base, seed=4, progress=False)
+    assert (t.settings.max_steps, t.settings.seed, t.settings.ckpt_every, t.settings.progress) == (5, 4, 2, False)
+    assert base.seed == 3 and "seed" not in vars(t)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        t.settings.seed = 5
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['ckpt_evry'\]; the settings are: budget_s"):
+        Trainer(model, opt, run_dir=tmp_path, stage="s", config={}, max_steps=5, ckpt_evry=2)
+    with pytest.raises(TypeError, match="Trainer needs max_steps"):
+        Trainer(model, opt, run_dir=tmp_path, stage="s", config={})
+    with pytest.raises(ValueError, match="ckpt_every=0: must be an integer >= 1"):
+        TrainSettings(max_steps=5, ckpt_every=0)
