@@ -108,7 +108,8 @@ def load_grid(grid: str | os.PathLike, profile: str = "cpu-demo") -> dict:
         raise GridError(f"grid file {path} is not valid YAML: {e}") from None
     if not isinstance(spec, dict):
         raise GridError(f"grid file {path}: expected a mapping with 'method' and 'cells' at the top")
-    known_keys = {"name", "description", "method", "shared_stages", "params", "vary", "metrics", "cells", "notes"}
+    known_keys = {"name", "description", "method", "shared_stages", "params", "vary", "metrics", "cells", "notes",
+                  "kaggle_data"}
     extra = sorted(set(spec) - known_keys)
     if extra:
         raise GridError(f"grid file {path}: unknown top-level key(s) {extra}; known: {sorted(known_keys)}")
@@ -158,6 +159,7 @@ def load_grid(grid: str | os.PathLike, profile: str = "cpu-demo") -> dict:
                                              if len({json.dumps(x["params"].get(k)) for x in resolved.values()}) > 1}))
     metrics = list(spec.get("metrics") or DEFAULT_METRICS.get(method, []))
     return {"name": str(spec.get("name") or path.stem), "description": spec.get("description", ""),
+            "kaggle_data": " ".join(str(spec.get("kaggle_data") or "").split()),
             "method": method, "path": str(path), "profile": profile, "shared_stages": shared,
             "shared_params": common, "cells": resolved, "vary": vary, "metrics": metrics}
 
@@ -232,6 +234,19 @@ def _run_one(method, profile, run_dir: Path, params, stages, backend, log, remot
     return out
 
 
+def _check_kaggle_data(spec: dict, datasets) -> None:
+    """A grid whose parameters read a bare ``/kaggle/input`` path needs a dataset the grid cannot name (no public
+    copy of it is known: PraNet's split, say); refuse to push kernels that would find nothing there. Parameters
+    of the form ``kaggle:OWNER/SLUG`` name their dataset and are attached by the push itself."""
+    params = [spec["shared_params"], *(c["params"] for c in spec["cells"].values())]
+    bare = sorted({f"{k}={v!r}" for p in params for k, v in p.items()
+                   if isinstance(v, str) and (v == "/kaggle/input" or v.startswith("/kaggle/input/"))})
+    if bare and not list(datasets):
+        what = spec.get("kaggle_data") or "the dataset its description names"
+        raise GridError(f"grid {spec['name']} (profile {spec['profile']}) reads {', '.join(bare)} on Kaggle, and no "
+                        f"dataset is attached: {what}. Attach it with --dataset OWNER/SLUG.")
+
+
 def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, cells=None, backend: str = "local",
              parallel: int = 1, processes: int = 1, log=print, **remote_opts) -> dict:
     """Run every cell of ``grid`` (or only ``cells``) into ``out/<cell>``; then aggregate. Returns the state.
@@ -254,6 +269,8 @@ def run_grid(grid: str | os.PathLike, profile: str, out: str | os.PathLike, *, c
             cell["params"] = {**cell["params"], "processes": processes}
     if backend not in ("local", "kaggle"):
         raise GridError(f"backend={backend!r}: use 'local' or 'kaggle'")
+    if backend == "kaggle":
+        _check_kaggle_data(spec, remote_opts.get("datasets", ()))
     out = Path(out).expanduser().resolve()
     out.mkdir(parents=True, exist_ok=True)
     names = list(spec["cells"])

@@ -122,6 +122,48 @@ def test_sampling_shapes_and_guidance_is_deterministic():
     assert not torch.allclose(a, c)  # guidance (hint vs no hint) changes the samples
 
 
+def test_null_hint_is_distinct_from_an_empty_mask_in_training_and_sampling():
+    """The dropped (unconditional) hint is -1 everywhere, not the all-zero hint of an empty mask; runs made before
+    it (config without ``null_hint``) keep the zero hint they were trained with."""
+    cfg, net, sched, batch = _tiny(p_uncond=0.5)
+    seen = []
+    control = net.control
+
+    def spy(x, t, hint, ctx=None):
+        seen.append(hint.detach().clone())
+        return control(x, t, hint, ctx)
+
+    net.control = spy
+    torch.manual_seed(0)
+    siamese.training_loss(net, batch, 1, sched, {**cfg, "image_branch": False, "online_aug": False})
+    h = seen[0]
+    nulls = [bool((h[i] == -1).all()) for i in range(len(h))]
+    torch.manual_seed(0)
+    drop = (torch.rand(len(h)) < 0.5).tolist()  # the step's first draw: which samples lose their hint
+    assert nulls == drop and any(drop) and not all(drop)
+    for i in range(len(h)):
+        if not drop[i]:
+            torch.testing.assert_close(h[i], batch["mask"][i].expand_as(h[i]))
+    seen.clear()
+    siamese.sample(net, siamese.build_scheduler(cfg, "ddim"), torch.zeros(2, 1, 16, 16), cfg, steps=1,
+                   progress=False)
+    cond, uncond = seen[0].chunk(2)  # one batched call: conditional (an empty mask), then unconditional
+    assert (cond == 0).all() and (uncond == -1).all()
+    legacy = {k: v for k, v in cfg.items() if k != "null_hint"}
+    assert (siamese.null_hint(h, legacy) == 0).all()
+    for bad in (0.5, 1, "x"):
+        with pytest.raises(ValueError, match="null_hint="):
+            siamese.config("smoke", "scratch", null_hint=bad)
+    assert siamese.config("smoke", "scratch", null_hint=0.0)["null_hint"] == 0.0  # the earlier behaviour, on request
+
+
+def test_mask_indices_every_mask_in_turn_or_evenly_spread():
+    assert siamese.mask_indices(5, 2).tolist() == [0, 1, 0, 1, 0]
+    assert siamese.mask_indices(4, 99).tolist() == [0, 24, 49, 74]
+    with pytest.raises(ValueError, match="n_generate=0"):
+        siamese.mask_indices(0, 3)
+
+
 def test_mask_following_dice():
     masks = torch.zeros(2, 1, 16, 16)
     masks[:, :, 4:12, 4:12] = 1

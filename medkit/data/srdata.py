@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import locate
 from . import thickslice as ts
 from . import volumes as V
 
@@ -89,7 +90,7 @@ def _pair_dirs(folder: Path):
 
 
 def load_sr_data(cfg: dict) -> SRData:
-    data = cfg["data"]
+    data = locate.resolve(cfg["data"])  # a "kaggle:OWNER/SLUG" value: the attached dataset's folder
     if data == "mni152":
         vol = V.mni152_volume()
         label = f"MNI152 T1 template (real MRI, nilearn), {cfg['voxel_mm']:g} mm: through-plane SR of an MRI, not CT"

@@ -6,6 +6,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from ..data import locate
 from .account import (CODE_DATASET, KAGGLE_WORKING, MACHINE_T4, NOTEBOOK_DIR, MEDKIT_CELL_TAG, KaggleError, _attr,
                       _check_sources, _owner_and_api, check_owner, check_title, resolve_owner)
 from .notebook import (_driver_notebook, _medkit_cell, available_notebooks, inject, load_notebook, medkit_pip_spec,
@@ -81,6 +82,13 @@ def build_kernel(notebook, out_dir, *, params=None, gpu: bool = True, internet: 
     owner = resolve_owner(owner)
     kind, method, stage, path = _target(notebook)
     datasets = _check_sources(datasets, "dataset_sources (--dataset)", "dataset")
+    try:  # a "kaggle:OWNER/SLUG" data parameter: attach that dataset (medkit.data.locate finds its mount)
+        named = locate.kaggle_refs(params)
+    except locate.DataLocationError as e:
+        raise KaggleError(str(e)) from None
+    for ref in _check_sources(named, "a kaggle:OWNER/SLUG parameter", "dataset"):
+        if ref not in datasets:
+            datasets.append(ref)
     code_ref = pip_spec = None
     if internet:
         pip_spec = medkit_pip_spec(repo_url)

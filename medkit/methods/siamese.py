@@ -39,7 +39,7 @@ checkpointing) without copying 860M parameters per step. Backends:
 
 Sampling uses the mask branch alone: DDIM 50 steps, eta 0, classifier-free guidance - on the text prompt
 for sd15 (scale 9; the unconditional branch keeps the mask), on the mask hint for scratch (the hint is
-dropped during training with probability ``p_uncond``, so the unconditional branch is hint-free).
+replaced by the null hint during training with probability ``p_uncond``: the unconditional branch).
 """
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ COMMON: dict[str, Any] = dict(
     sampling_eta=0.0,
     grad_clip=1.0,
     warmup_steps=0,     # linear LR warm-up steps; 0 = none, as the official code (a labelled option at small scale)
+    null_hint=-1.0,     # scratch: the value of a dropped mask hint (guidance's unconditional branch); see null_hint()
     seed=0,
 )
 
@@ -133,6 +134,9 @@ def config(profile: str = "cpu-demo", backend: str = "scratch", **overrides) -> 
     if not (isinstance(cfg["warmup_steps"], int) and cfg["warmup_steps"] >= 0):
         raise ValueError(f"warmup_steps={cfg['warmup_steps']!r}: a number of steps >= 0 (0: no LR warm-up, as the "
                          "official code)")
+    if not isinstance(cfg["null_hint"], (int, float)) or 0.0 <= float(cfg["null_hint"]) <= 1.0 and cfg["null_hint"] != 0:
+        raise ValueError(f"null_hint={cfg['null_hint']!r}: a number outside (0, 1] - hints lie in [0, 1], so a "
+                         "dropped hint must not look like a real one (-1, the default; 0 is an empty mask's)")
     if not 0.0 <= float(cfg["p_uncond"]) < 1.0:
         raise ValueError(f"p_uncond={cfg['p_uncond']!r}: a probability in [0, 1)")
     if cfg["space"] not in ("pixel", "latent"):
@@ -466,6 +470,29 @@ def mask_hint(mask: torch.Tensor, channels: int) -> torch.Tensor:
     return mask.float().expand(-1, channels, -1, -1)
 
 
+def null_hint(hint: torch.Tensor, cfg: dict) -> torch.Tensor:
+    """The dropped mask hint of the scratch backend (no text to drop): a constant ``cfg["null_hint"]``.
+
+    Mask and image hints lie in [0, 1]. A zero hint - the kit's choice before 2026-12-02, still used by runs
+    whose config has no ``null_hint`` - equals the hint of an empty mask, so for the smallest masks (a few
+    pixels) the conditional and unconditional branches saw almost the same input: guidance then had nothing
+    to push on and the cpu-demo drew the unconditional model's frame-filling blobs for them
+    (docs/results/siamese). -1 lies outside every real hint, so "no condition" and "an empty mask" differ.
+    """
+    return torch.full_like(hint, float(cfg.get("null_hint", 0.0)))
+
+
+def mask_indices(n_generate: int, n_masks: int) -> torch.Tensor:
+    """Which of ``n_masks`` training masks each of ``n_generate`` samples is drawn from: every mask in turn,
+    k times over, when there are at least as many samples as masks (the protocol's k x volume); else evenly
+    spread over them (the masks keep their order: for MNI152, from the most inferior slice upwards)."""
+    if n_generate < 1 or n_masks < 1:
+        raise ValueError(f"n_generate={n_generate}, {n_masks} training masks: both must be >= 1")
+    if n_generate >= n_masks:
+        return torch.arange(n_generate) % n_masks
+    return (torch.arange(n_generate) * n_masks) // n_generate
+
+
 def image_hint(image: torch.Tensor) -> torch.Tensor:
     """The image alone, [-1, 1] -> [0, 1] (the official Image-Diffusion hint)."""
     return (image.float() + 1.0) / 2.0
@@ -477,7 +504,7 @@ def training_loss(net: SiameseNet, batch: dict, step: int, scheduler, cfg: dict,
     ``batch``: "image" (B, C, H, W) in [-1, 1], "mask" (B, 1, H, W) in {0, 1}, and "x0" when the diffusion
     runs on precomputed latents (scratch in latent space), or "x0_mean"/"x0_std" - the VAE posterior, sampled
     here afresh at every step (sd15). ``ctx``/``ctx_uncond``: the prompt's text embedding and the empty
-    prompt's (sd15); a fraction ``p_uncond`` of the samples gets the empty prompt (scratch: a zero mask hint).
+    prompt's (sd15); a fraction ``p_uncond`` of the samples gets the empty prompt (scratch: the null hint, :func:`null_hint`).
     """
     image, mask = batch["image"], batch["mask"]
     if "x0_mean" in batch:  # sd15: a fresh sample of the VAE posterior
@@ -489,8 +516,8 @@ def training_loss(net: SiameseNet, batch: dict, step: int, scheduler, cfg: dict,
     drop = torch.rand(b, device=x0.device) < float(cfg["p_uncond"])
     if ctx is not None:  # sd15: the empty prompt for dropped samples
         ctx = torch.where(drop[:, None, None], ctx_uncond.expand(b, -1, -1), ctx.expand(b, -1, -1))
-    else:               # scratch: no mask hint for dropped samples
-        h_m = h_m * (~drop).to(h_m.dtype)[:, None, None, None]
+    else:               # scratch: the null hint for dropped samples
+        h_m = torch.where(drop[:, None, None, None], null_hint(h_m, cfg), h_m)
 
     T = scheduler.config.num_train_timesteps
     eps = torch.randn_like(x0)
@@ -566,7 +593,7 @@ def sample(net: SiameseNet, scheduler, masks: torch.Tensor, cfg: dict, *, latent
     """Mask-Diffusion only: x_T ~ N(0, I) -> DDIM -> x_0 (pixels for scratch, latents for sd15).
 
     Classifier-free guidance eps = eps_u + s (eps_c - eps_u): for sd15 eps_u has the empty prompt and the
-    same mask; for scratch eps_u has a zero mask hint (the condition dropped in training). s = 1: no guidance.
+    same mask; for scratch eps_u has the null hint (the condition dropped in training). s = 1: no guidance.
     ``latent_shape`` (C, h, w) for latent models; default: the mask's size with ``net``'s image channels.
     """
     from tqdm.auto import tqdm
@@ -592,7 +619,7 @@ def sample(net: SiameseNet, scheduler, masks: torch.Tensor, cfg: dict, *, latent
             tb = t.expand(n).to(device)
             if s != 1.0:  # one batched call for the conditional and unconditional branches
                 x2, t2 = torch.cat([x, x]), torch.cat([tb, tb])
-                h2 = torch.cat([hint, hint if c_ctx is not None else torch.zeros_like(hint)])
+                h2 = torch.cat([hint, hint if c_ctx is not None else null_hint(hint, cfg)])
                 ctx2 = torch.cat([c_ctx, u_ctx]) if c_ctx is not None else None
                 e_c, e_u = net.denoise(x2, t2, net.control(x2, t2, h2, ctx2), ctx2).float().chunk(2)
                 eps = e_u + s * (e_c - e_u)

@@ -41,7 +41,7 @@ def literal_loss(net: siamese.SiameseNet, batch: dict, step: int, scheduler, cfg
     if ctx is not None:
         ctx = torch.where(drop[:, None, None], ctx_uncond.expand(b, -1, -1), ctx.expand(b, -1, -1))
     else:
-        h_m = h_m * (~drop).to(h_m.dtype)[:, None, None, None]
+        h_m = torch.where(drop[:, None, None, None], siamese.null_hint(h_m, cfg), h_m)
     T = scheduler.config.num_train_timesteps
     eps = torch.randn_like(x0)
     t = torch.randint(0, T, (b,), device=x0.device).long()

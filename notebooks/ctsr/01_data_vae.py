@@ -68,7 +68,7 @@ if importlib.util.find_spec("medkit") is None:
 # %% tags=["parameters"]
 profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (the plan's scale, one 16 GB T4)
 run_dir = ""           # run directory shared by the four notebooks; empty: <run root>/ctsr-<profile>
-data = "mni152"        # "mni152" (real MRI, nilearn) | a thin-slice NIfTI file | a DICOM series folder | a thin/ + thick/ folder
+data = "mni152"        # "mni152" (real MRI, nilearn) | a thin-slice NIfTI file | a DICOM series folder | a thin/ + thick/ folder | "kaggle:OWNER/SLUG[/sub]"
 factor = 4             # r: thin slices per thick slice (2..8)
 slice_profile = "gaussian"  # simulated thick slices: "gaussian" (FWHM of r thin slices) | "box"
 space = None           # "latent" (the seed's design) | "pixel" (no VAE ceiling); None: profile (cpu-demo pixel, t4 latent)

@@ -59,7 +59,7 @@ if importlib.util.find_spec("medkit") is None:
 
 # %% tags=["parameters"]
 profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (seed settings, one 16 GB T4)
-data = "mni152"        # "mni152" (real MRI shipped with nilearn) or a folder of NIfTI volumes
+data = "mni152"        # "mni152" (real MRI shipped with nilearn), a folder of NIfTI volumes or "kaggle:OWNER/SLUG" (a Kaggle dataset, attached on push)
 run_dir = ""           # run directory shared by the four SBLDM notebooks; empty: <run root>/sbldm-<profile>
 image_size = None      # pixels per side; None: profile value (smoke 32, cpu-demo 64, t4 128)
 vae_steps = None       # optimiser steps; None: the profile value
@@ -73,6 +73,7 @@ import torch
 
 import medkit
 from medkit import data as mdata, env, metrics, session, viz
+from medkit.data import locate
 from medkit.methods import sbldm
 from medkit.run import RunDir
 from medkit.eval import entry
@@ -98,7 +99,7 @@ print({k: v for k, v in cfg.items()})
 # neighbour in the training set. The slice cache is rebuilt only when the data or these settings change.
 
 # %%
-cache = mdata.build_slice_cache(cfg["data"], cfg["image_size"], seed=cfg["seed"])
+cache = mdata.build_slice_cache(locate.resolve(cfg["data"]), cfg["image_size"], seed=cfg["seed"])
 train_ds, val_ds = mdata.SliceDataset(cache, "train"), mdata.SliceDataset(cache, "val")
 print(f"{len(train_ds)} training and {len(val_ds)} validation slices of {cfg['image_size']} px from {cache}")
 viz.save_gallery(train_ds.images[:: max(1, len(train_ds) // 16)][:16], val_ds.images[:16],

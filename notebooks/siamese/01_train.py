@@ -67,7 +67,7 @@ if importlib.util.find_spec("medkit") is None:
 profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (scratch only, minutes on a CPU) | "t4" (one 16 GB T4)
 backend = "scratch"    # "scratch" (MONAI, from zero, pixel space) | "sd15" (Stable Diffusion 1.5 + ControlNet)
 run_dir = ""           # the run directory; empty: <run root>/siamese-<backend>-<profile>
-data = None            # "mni152-tissue" (embedded), a folder of image/mask pairs (Kvasir-SEG, CVC-ClinicDB, ISIC 2016/2018, PraNet, prompt.json) or "fixture:<layout>" (synthetic, offline); None: the profile's
+data = None            # "mni152-tissue" (embedded), a folder of image/mask pairs (Kvasir-SEG, CVC-ClinicDB, ISIC 2016/2018, PraNet, prompt.json), "kaggle:OWNER/SLUG" (a Kaggle dataset, attached on push) or "fixture:<layout>" (synthetic, offline); None: the profile's
 layout = "auto"        # pairs folder layout: "auto" | "kvasir-seg" | "cvc-clinicdb" | "isic2018" | "isic2016" | "pranet" | "prompt-json" | "folders"
 val_fraction = None    # pairs held out of training (the run's own test split); None: 0.1; 0 when test sets come separately (PraNet)
 ablation = ""          # "" (the full method) or a Table 5 setting: "1-controlnet" ... "7-ours"
@@ -124,14 +124,15 @@ prep_dev = dev if processes == 1 else torch.device("cpu")  # several processes: 
 
 # %%
 if cfg["data"] in ("", None):
-    raise ValueError("data is empty: set data to a folder of image/mask pairs (e.g. the Kvasir-SEG dataset attached "
-                     "on Kaggle) or to 'mni152-tissue' for the embedded demo data")
+    raise ValueError("data is empty: set data to a folder of image/mask pairs, to a Kaggle dataset (e.g. "
+                     "'kaggle:debeshjha1/kvasirseg' for Kvasir-SEG, attached when medkit pushes the kernel) or to "
+                     "'mni152-tissue' for the embedded demo data")
 if cfg["data"].startswith("mni152"):
     cache = pairs.mni152_pairs(cfg["image_size"], kind=cfg["data"].split("-", 1)[1], seed=cfg["seed"])
 else:
-    from medkit.data import fixtures  # "fixture:<layout>": a SYNTHETIC stand-in in that layout (smoke runs, CI)
+    from medkit.data import locate  # a folder, "kaggle:OWNER/SLUG" (attached) or "fixture:<layout>" (SYNTHETIC, CI)
 
-    cache = pairs.build_pair_cache(fixtures.resolve(cfg["data"]), cfg["image_size"], layout=layout, seed=cfg["seed"],
+    cache = pairs.build_pair_cache(locate.resolve(cfg["data"]), cfg["image_size"], layout=layout, seed=cfg["seed"],
                                    val_fraction=0.1 if val_fraction is None else float(val_fraction))
 cfg["cache"] = str(cache)
 train = pairs.PairDataset(cache, "train")

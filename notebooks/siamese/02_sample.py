@@ -109,10 +109,7 @@ ddim = siamese.build_scheduler(cfg, "ddim")
 train = pairs.PairDataset(cfg["cache"], "train")
 real_masks = torch.stack([train[i]["mask"] for i in range(len(train))])
 real_images = torch.stack([train[i]["image"] for i in range(len(train))])
-if n_generate >= len(real_masks):  # every training mask in turn, k times (the protocol's k x volume)
-    idx = torch.arange(n_generate) % len(real_masks)
-else:                              # evenly spread over the training masks
-    idx = (torch.arange(n_generate) * len(real_masks)) // n_generate
+idx = siamese.mask_indices(n_generate, len(real_masks))  # each mask in turn, or evenly spread over them
 sources = {"real_masks": real_masks[idx], "random_masks": augment.random_masks(real_masks[idx], seed=seed)}
 print({k: tuple(v.shape) for k, v in sources.items()})
 
@@ -151,13 +148,42 @@ run.update_metrics("sampling", {"n_per_source": n_generate, "guidance_scale": gu
                                 "mask_following_dice": {k: {kk: v[kk] for kk in ("mean", "std", "empty_fraction")}
                                                         for k, v in follow.items()}})
 
+# 8 masks evenly spaced over the generated set (the masks run from the smallest, most inferior slices upwards),
+# each with the real image of that mask above it; one grey scale for all panels ([-1, 1] -> black..white)
 k = min(8, n_generate)
-fig, axes = plt.subplots(4, k, figsize=(1.6 * k, 6.8), squeeze=False)
-for row, name in enumerate(sources):
-    d = torch.load(run.samples / f"{name}.pt")
-    for j in range(k):
-        axes[2 * row, j].imshow(d["masks"][j, 0], cmap="gray")
-        axes[2 * row + 1, j].imshow(((d["images"][j].permute(1, 2, 0) + 1) / 2).clamp(0, 1).squeeze(-1), cmap="gray")
-        axes[2 * row, j].axis("off"); axes[2 * row + 1, j].axis("off")
-    axes[2 * row, 0].set_title(name.replace("_", " "), fontsize=9, loc="left")
+show = [(j * n_generate) // k for j in range(k)]
+def grey(x):
+    return ((x.permute(1, 2, 0) + 1) / 2).clamp(0, 1).squeeze(-1)
+rows = [("real image", real_images[idx]), ("real masks", None), ("generated", "real_masks"),
+        ("random masks", None), ("generated", "random_masks")]
+fig, axes = plt.subplots(len(rows), k, figsize=(1.6 * k, 1.7 * len(rows)), squeeze=False)
+for r, (label, what) in enumerate(rows):
+    for c, j in enumerate(show):
+        ax = axes[r, c]
+        if r == 0:
+            ax.imshow(grey(what[j]), cmap="gray", vmin=0, vmax=1)
+        elif what is None:
+            ax.imshow(sources[label.replace(" ", "_")][j, 0], cmap="gray", vmin=0, vmax=1)
+        else:
+            ax.imshow(grey(torch.load(run.samples / f"{what}.pt")["images"][j]), cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
+    axes[r, 0].set_title(label, fontsize=9, loc="left")
 fig.tight_layout(); fig.savefig(run.figures / "samples.png", dpi=100)
+
+# %% [markdown]
+# Every sample from the real masks (up to 80), in mask order, its mask's outline in red: the failures as well.
+
+# %%
+d = torch.load(run.samples / "real_masks.pt")
+n_all = min(80, len(d["images"]))
+cols = min(10, n_all)
+fig, axes = plt.subplots((n_all + cols - 1) // cols, cols, figsize=(1.3 * cols, 1.3 * ((n_all + cols - 1) // cols)),
+                         squeeze=False)
+for ax in axes.ravel():
+    ax.axis("off")
+for j in range(n_all):
+    ax = axes.ravel()[j]
+    ax.imshow(grey(d["images"][j]), cmap="gray", vmin=0, vmax=1)
+    ax.contour(d["masks"][j, 0].float().numpy(), levels=[0.5], colors="red", linewidths=0.5)
+fig.suptitle(f"all {n_all} samples from real masks (mask outlines in red)", fontsize=9)
+fig.tight_layout(); fig.savefig(run.figures / "samples_all.png", dpi=100)

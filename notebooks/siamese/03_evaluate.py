@@ -68,6 +68,7 @@ from medkit import env, metrics, session, viz
 from medkit.data import pairs
 from medkit.eval import entry
 from medkit.eval.evaluate import distribution_metrics, unpaired_lpips
+from medkit.methods import siamese
 from medkit.run import RunDir
 
 profile = session.resolve_profile(profile)  # "auto": which profile, and why
@@ -148,8 +149,16 @@ run.update_metrics("eval", {f"mask_following_dice_{k}": entry(v["mean"], std=v["
 # Masks, their samples and (for real masks) the real image, per mask source.
 
 # %%
-frames = {name: dict(images=g["images"][:8], masks=g["masks"][:8], real=real_img[:8], real_masks=real_mask[:8])
-          for name, g in generated.items()}
+# 8 samples evenly spaced over each set; for real masks the real images of the same masks (notebook 2 drew
+# its masks evenly over the training set, or each in turn); for random masks the real pairs whose masks were transformed
+def spread(n, k=8):
+    return [(j * n) // min(k, n) for j in range(min(k, n))]
+frames = {}
+for name, g in generated.items():
+    pick = spread(len(g["images"]))
+    mask_idx = siamese.mask_indices(len(g["images"]), len(real_img))[pick]
+    frames[name] = dict(images=g["images"][pick], masks=g["masks"][pick], real=real_img[mask_idx],
+                        real_masks=real_mask[mask_idx])
 viz.save_static_gallery(frames, path=run.figures / "gallery.png", slider_name="mask source")
 display(viz.SampleGallery(frames, slider_name="mask source", nrow=4,
                           title="Siamese-Diffusion: real (left) vs generated (right)"))

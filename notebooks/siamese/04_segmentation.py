@@ -53,7 +53,7 @@ if importlib.util.find_spec("medkit") is None:
 profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" | "cpu-demo" | "t4"
 backend = "scratch"    # "scratch" | "sd15"
 run_dir = ""           # the run directory of notebooks 1-2; empty: <run root>/siamese-<backend>-<profile>
-test_data = ""         # PraNet: the folder holding TestDataset/; ISIC: the download (with test_layout); "": the run's held-out split
+test_data = ""         # PraNet: the folder holding TestDataset/; ISIC: the download (with test_layout); a folder or "kaggle:OWNER/SLUG"; "": the run's held-out split
 test_layout = "pranet"  # "pranet" | "isic2018" | "isic2016" | a find_pairs layout of one test set
 sources = ["real_masks", "random_masks"]  # generated sets from notebook 2 added to the real pairs
 volumes = [1]          # generated pairs per real pair, one arm each (Fig. 7: [1, 2, 3, 4])
@@ -107,9 +107,9 @@ if n_real < len(real_all.images):
     print(f"real: {n_real} of the {len(real_all.images)} training pairs (evenly spread), since notebook 2 generated "
           f"{n_gen} per source; run it with n_generate={max(volumes) * len(real_all.images)} for the whole set")
 if test_data:
-    from medkit.data import fixtures  # "fixture:<layout>": the SYNTHETIC stand-in (smoke runs, CI)
+    from medkit.data import locate  # a folder, "kaggle:OWNER/SLUG" (attached) or "fixture:<layout>" (SYNTHETIC, CI)
 
-    tests = seg_protocol.load_test_sets(fixtures.resolve(test_data), cfg["image_size"], real.channels,
+    tests = seg_protocol.load_test_sets(locate.resolve(test_data), cfg["image_size"], real.channels,
                                         layout=test_layout)
 else:
     val = pairs.PairDataset(cfg["cache"], "val")

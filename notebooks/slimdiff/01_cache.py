@@ -54,7 +54,7 @@ if importlib.util.find_spec("medkit") is None:
 # %% tags=["parameters"]
 profile = "auto"       # "auto" (t4 with a CUDA GPU, else cpu-demo) | "smoke" (CI, seconds) | "cpu-demo" (minutes on a CPU) | "t4" (the paper's sizes, one 16 GB T4)
 run_dir = ""           # the run directory; empty: <run root>/slimdiff-<profile>
-data = None            # "mni152-lesions" (synthetic lesions on MNI152) or a folder of NIfTI volumes with lesion masks; None: mni152-lesions
+data = None            # "mni152-lesions" (synthetic lesions on MNI152), a folder of NIfTI volumes with lesion masks or "kaggle:OWNER/SLUG"; None: mni152-lesions
 n_subjects = None      # synthetic subjects (each its own lesions); None: the profile's
 image_size = None      # slice size in pixels; None: the profile's (smoke 32, cpu-demo 64, t4 160)
 
@@ -63,6 +63,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from medkit import env, session
+from medkit.data import locate
 from medkit.data.lesion_slices import LesionSliceDataset, build_lesion_cache
 from medkit.methods import slimdiff
 from medkit.run import RunDir
@@ -73,7 +74,7 @@ run = RunDir(run_dir, default_name=f"slimdiff-{profile}")
 cfg = slimdiff.config(profile, **{k: v for k, v in dict(data=data, n_subjects=n_subjects, image_size=image_size).items()
                                   if v is not None})
 synthetic = cfg["data"] in ("mni152-lesions", "mni152-synthetic-lesions")
-cache = build_lesion_cache(cfg["data"], cfg["image_size"], n_subjects=cfg["n_subjects"] if synthetic else None,
+cache = build_lesion_cache(locate.resolve(cfg["data"]), cfg["image_size"], n_subjects=cfg["n_subjects"] if synthetic else None,
                            n_bins=cfg["n_bins"], seed=cfg["seed"],
                            lesion_options={"radius_mm": cfg["lesion_radius_mm"], "max_lesions": cfg["max_lesions"]}
                            if synthetic else None)
