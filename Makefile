@@ -48,7 +48,7 @@ $(VENV)/.medkit-test: $(VENV)/.medkit-installed requirements-test.txt $(LOCK)
 
 test: setup $(VENV)/.medkit-test
 	bash scripts/setup_browser_test.sh
-	MEDKIT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q tests
+	MEDKIT_REQUIRE_REFERENCES=1 $(PY) -m pytest -q --durations=25 tests
 
 # Move requirements-lock.txt to the newest versions the requirements allow, only if the suite passes with
 # them (a fresh .venv-lock; see scripts/update_lock.sh).

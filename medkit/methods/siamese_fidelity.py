@@ -94,9 +94,11 @@ ROWS = (
             "500 pixel-space steps gave mostly noise")})),
     Row("condition dropout for guidance", "training", "5% of prompts emptied", "official code", key="p_uncond",
         get=lambda cfg: (f"{cfg['p_uncond']:g} of prompts emptied" if cfg["backend"] == "sd15"
-                         else f"{cfg['p_uncond']:g} of mask hints dropped (no text)"),
+                         else f"{cfg['p_uncond']:g} of mask hints replaced by the null hint "
+                              f"{cfg.get('null_hint', 0.0):g} (no text)"),
         same=lambda v, s: v == "0.05 of prompts emptied",
-        why=_each("the scratch model has no text encoder: guidance is on the mask hint, dropped with p 0.1")),
+        why=_each("the scratch model has no text encoder: guidance is on the mask hint, replaced with p 0.1 by a "
+                  "constant -1 that no real hint takes (a zero hint would be an empty mask's)")),
     # sampling
     Row("sampler", "sampler", "DDIM, eta 0", "official code", key="sampling_eta",
         get=lambda cfg: "DDIM, eta 0" if cfg["sampling_eta"] == 0 else f"DDIM, eta {cfg['sampling_eta']}"),
