@@ -133,7 +133,9 @@ def test_protocol_grid_files_resolve_per_profile():
             assert list(spec["cells"]) == cells and spec["shared_stages"] == ["01_train", "02_sample"]
             p = spec["shared_params"]
             assert p["backend"] == ("sd15" if profile == "t4" else "scratch")
-            assert p["data"] == ("/kaggle/input" if profile == "t4" else f"fixture:{p['layout']}")
+            t4_data = {"siamese-polyps": "/kaggle/input",  # the user's own upload of PraNet's split (--dataset)
+                       "siamese-isic": "kaggle:tschandl/isic2018-challenge-task1-data-segmentation"}[name]
+            assert p["data"] == p["test_data"] == (t4_data if profile == "t4" else f"fixture:{p['layout']}")
             assert p["timestep_spacing"] == "leading" and p["val_fraction"] == 0.0  # the official sampler's spacing
         fig7 = grid.load_grid("siamese-isic", "t4")["cells"]["fig7"]["params"]
         assert fig7["volumes"] == [1, 2, 3, 4] and fig7["sources"] == ["random_masks"]
