@@ -134,7 +134,7 @@ def config(profile: str = "cpu-demo", backend: str = "scratch", **overrides) -> 
     if not (isinstance(cfg["warmup_steps"], int) and cfg["warmup_steps"] >= 0):
         raise ValueError(f"warmup_steps={cfg['warmup_steps']!r}: a number of steps >= 0 (0: no LR warm-up, as the "
                          "official code)")
-    if not isinstance(cfg["null_hint"], (int, float)) or 0.0 <= float(cfg["null_hint"]) <= 1.0 and cfg["null_hint"] != 0:
+    if not isinstance(cfg["null_hint"], (int, float)) or 0.0 < float(cfg["null_hint"]) <= 1.0:
         raise ValueError(f"null_hint={cfg['null_hint']!r}: a number outside (0, 1] - hints lie in [0, 1], so a "
                          "dropped hint must not look like a real one (-1, the default; 0 is an empty mask's)")
     if not 0.0 <= float(cfg["p_uncond"]) < 1.0:

@@ -151,7 +151,7 @@ run.update_metrics("sampling", {"n_per_source": n_generate, "guidance_scale": gu
 # 8 masks evenly spaced over the generated set (the masks run from the smallest, most inferior slices upwards),
 # each with the real image of that mask above it; one grey scale for all panels ([-1, 1] -> black..white)
 k = min(8, n_generate)
-show = [(j * n_generate) // k for j in range(k)]
+show = siamese.mask_indices(k, n_generate).tolist()
 def grey(x):
     return ((x.permute(1, 2, 0) + 1) / 2).clamp(0, 1).squeeze(-1)
 rows = [("real image", real_images[idx]), ("real masks", None), ("generated", "real_masks"),

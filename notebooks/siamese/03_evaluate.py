@@ -151,11 +151,9 @@ run.update_metrics("eval", {f"mask_following_dice_{k}": entry(v["mean"], std=v["
 # %%
 # 8 samples evenly spaced over each set; for real masks the real images of the same masks (notebook 2 drew
 # its masks evenly over the training set, or each in turn); for random masks the real pairs whose masks were transformed
-def spread(n, k=8):
-    return [(j * n) // min(k, n) for j in range(min(k, n))]
 frames = {}
 for name, g in generated.items():
-    pick = spread(len(g["images"]))
+    pick = siamese.mask_indices(min(8, len(g["images"])), len(g["images"]))
     mask_idx = siamese.mask_indices(len(g["images"]), len(real_img))[pick]
     frames[name] = dict(images=g["images"][pick], masks=g["masks"][pick], real=real_img[mask_idx],
                         real_masks=real_mask[mask_idx])
